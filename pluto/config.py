@@ -1,0 +1,169 @@
+"""One typed settings object for the whole platform.
+
+Precedence: defaults < settings file (YAML/TOML, `--config` or `PLUTO_CONFIG`) < environment
+(`PLUTO_` prefix, `__` for nesting, e.g. `PLUTO_TILING__MPPS='[0.5,1.0]'`) < explicit overrides
+(CLI flags, flow parameters). Library functions never read the environment themselves: the CLI
+and the flows build a `Settings` and pass plain values (or frozen dataclasses for the torch-only
+packages) down. Credentials are never fields here: S3 and MLflow credentials come from the
+standard AWS / MLflow environment and config files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+from pluto.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_shared() -> Path:
+    return REPO_ROOT.parent / "shared"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathSettings(_Section):
+    """Where inputs may come from and where every stage writes."""
+
+    data_root: Path = Field(default_factory=lambda: _default_shared() / "data")
+    work_dir: Path = Path("work")
+
+    @property
+    def catalog(self) -> Path:
+        return self.work_dir / "catalog.parquet"
+
+    @property
+    def qc_dir(self) -> Path:
+        return self.work_dir / "qc"
+
+    @property
+    def tiles_dir(self) -> Path:
+        return self.work_dir / "tiles"
+
+
+class SlideSettings(_Section):
+    """Slide access: MPP sources and tolerances, the handle pool."""
+
+    mpp_overrides_csv: Path | None = None  # csv: slide (file name or slide_id), mpp
+    mpp_rel_tol: float = Field(0.15, gt=0, lt=0.5)  # |native/target - 1| allowed without resizing
+    mpp_min: float = Field(0.05, gt=0)  # below this a header MPP is not believed
+    mpp_max: float = Field(50.0, gt=0)
+    max_dimension_px: int = Field(1_000_000, gt=0)  # larger header dims => quarantined, too_large
+    handle_pool_size: int = Field(32, ge=1)
+
+
+class IngestSettings(_Section):
+    workers: int = Field(2, ge=1)
+    metadata_csv: Path | None = None  # file name or slide_id + patient, site, organ, stain, scanner
+    default_stain: str = "H&E"
+
+
+class S3Settings(_Section):
+    """Object storage endpoint; credentials come from the standard AWS environment/config."""
+
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    retries: int = Field(5, ge=0)
+
+
+class MLflowSettings(_Section):
+    tracking_uri: str = "http://127.0.0.1:5000"
+    experiment: str = "pluto"
+
+
+class Settings(BaseSettings):
+    """Resolved configuration of a run; saved next to every run's outputs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PLUTO_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    seed: int = 0
+    paths: PathSettings = PathSettings()
+    slides: SlideSettings = SlideSettings()
+    ingest: IngestSettings = IngestSettings()
+    s3: S3Settings = S3Settings()
+    mlflow: MLflowSettings = MLflowSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _CONFIG_FILE.get("path")
+        if path is not None:
+            if path.suffix in {".yaml", ".yml"}:
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+            else:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def config_hash(self, *sections: str) -> str:
+        """Stable hash of the named sections (all when none): part of every stage's cache key."""
+        data = self.model_dump(mode="json")
+        if sections:
+            data = {k: data[k] for k in sections}
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def save(self, path: Path) -> Path:
+        """Write the resolved settings as JSON (no secrets are fields, so nothing to redact)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.model_dump_json(indent=2))
+        return path
+
+
+_CONFIG_FILE: dict[str, Path | None] = {}
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Resolve settings: defaults < file < env < overrides. Raises ConfigError naming the problem.
+
+    `overrides` use nested dicts for sections, e.g. `tiling={"mpps": [0.5]}`.
+    """
+    file = config_file if config_file is not None else os.environ.get("PLUTO_CONFIG")
+    path = Path(file) if file else None
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"{path}: settings file not found")
+        if path.suffix not in {".yaml", ".yml", ".toml"}:
+            raise ConfigError(f"{path}: settings file must be .yaml, .yml or .toml")
+    _CONFIG_FILE["path"] = path
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        where = str(path) if path else "settings"
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"{where}: invalid settings: {problems}") from exc
+    except (ValueError, OSError, yaml.YAMLError) as exc:  # malformed YAML/TOML, bad env JSON
+        where = str(path) if path else "environment"
+        raise ConfigError(f"{where}: cannot parse settings: {exc}") from exc
+    finally:
+        _CONFIG_FILE["path"] = None

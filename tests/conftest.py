@@ -1,0 +1,96 @@
+"""Session fixtures shared by every test area: the bundled real data and real local servers.
+
+Servers bind to 127.0.0.1 on free ports and are stopped at the end of the session; no test sends
+traffic anywhere else. Area-specific fixtures live in each tests/<area>/conftest.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("PLUTO_SHARED", REPO.parent / "shared"))
+
+# Test-only S3 credentials: they exist so the security test can search for them in logs/artifacts.
+TEST_AWS_KEY = "AKIAPLUTOTESTKEY0001"
+TEST_AWS_SECRET = "pluto-test-secret-do-not-log-0001"
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    data = SHARED / "data"
+    if not data.is_dir():
+        pytest.fail(f"{data}: bundled data not found; put ../shared beside the checkout or set PLUTO_SHARED")
+    return data
+
+
+@pytest.fixture(scope="session")
+def cmu_svs(shared_data: Path) -> Path:
+    """Real Aperio slide: 2220x2967, one level, 0.499 um/px, has label/macro/thumbnail images."""
+    return shared_data / "wsi" / "CMU-1-Small-Region.svs"
+
+
+@pytest.fixture(scope="session")
+def openslide_fixtures(shared_data: Path) -> Path:
+    return shared_data / "openslide_fixtures"
+
+
+@pytest.fixture(scope="session")
+def crc_patches(shared_data: Path) -> Path:
+    """32 labelled 224-px CRC-VAL-HE-7K patches (8 classes x 4), labels.csv: filename,label,split."""
+    return shared_data / "patches_crc_val_he_7k"
+
+
+@pytest.fixture(scope="session")
+def artifact_images(shared_data: Path) -> Path:
+    """Pen-marked thumbnails/tiles (histolab, HistoPrep) with labels.csv."""
+    return shared_data / "artifacts"
+
+
+@pytest.fixture()
+def aws_env(monkeypatch):
+    """Standard AWS variables pointing at the test credentials (never real ones)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", TEST_AWS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", TEST_AWS_SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return {"AWS_ACCESS_KEY_ID": TEST_AWS_KEY, "AWS_SECRET_ACCESS_KEY": TEST_AWS_SECRET, "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory):
+    """A real S3 API (moto server) on 127.0.0.1; yields the Service (url = endpoint)."""
+    from pluto.services import start_moto
+
+    svc = start_moto(log_dir=tmp_path_factory.mktemp("moto-log"))
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server (sqlite + local artifacts) on 127.0.0.1."""
+    from pluto.services import start_mlflow
+
+    svc = start_mlflow(tmp_path_factory.mktemp("mlflow-store"))
+    yield svc
+    svc.stop()
