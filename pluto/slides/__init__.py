@@ -1,1 +1,31 @@
-"""slides"""
+"""Slide access: metadata with MPP provenance, level choice, tile/thumbnail reads, handle pool, ingestion.
+
+OpenSlide is imported lazily inside the functions that open slides.
+"""
+
+from pluto.slides.geometry import TileRequest, TileSpec, best_level, check_resolution, plan_read
+from pluto.slides.handles import SlideHandle, clear_pool, configure_pool, get_handle, open_slide, pool_paths
+from pluto.slides.metadata import SlideInfo, slide_info
+from pluto.slides.pyramid_writer import write_pyramid
+from pluto.slides.reader import read_request, read_thumbnail, read_tile, resize_area
+
+__all__ = [
+    "SlideHandle",
+    "SlideInfo",
+    "TileRequest",
+    "TileSpec",
+    "best_level",
+    "check_resolution",
+    "clear_pool",
+    "configure_pool",
+    "get_handle",
+    "open_slide",
+    "plan_read",
+    "pool_paths",
+    "read_request",
+    "read_thumbnail",
+    "read_tile",
+    "resize_area",
+    "slide_info",
+    "write_pyramid",
+]

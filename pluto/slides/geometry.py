@@ -1,0 +1,100 @@
+"""Read geometry: which level serves a target resolution and which level pixels one tile covers.
+
+Three frames (as in wsidata's TileSpec): the request (target mpp, output `tile_px`), the read level
+(`level`, `x_lv`, `y_lv`, `read_px` in that level's pixels) and level 0 (`x_l0`, `y_l0`). The read
+region is snapped to the read level's pixel grid using the integer level factor from the level
+dimensions, then resized once with area interpolation to `tile_px`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+from pluto.errors import PlutoError
+from pluto.slides.metadata import SlideInfo
+
+MPP_REL_TOL = 0.15  # default of SlideSettings.mpp_rel_tol
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """A tile size at a physical resolution: `tile_px` output px at `mpp` um/px."""
+
+    mpp: float
+    tile_px: int
+
+    @property
+    def field_um(self) -> float:
+        """Edge of the tile in micrometres."""
+        return self.mpp * self.tile_px
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TileSpec":
+        return cls(mpp=float(d["mpp"]), tile_px=int(d["tile_px"]))
+
+
+@dataclass(frozen=True)
+class TileRequest:
+    """One read: level-0 top-left, the level read, the snapped square read at that level, output size."""
+
+    x_l0: int
+    y_l0: int
+    level: int
+    x_lv: int
+    y_lv: int
+    read_px: int
+    tile_px: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TileRequest":
+        return cls(**{k: int(d[k]) for k in ("x_l0", "y_l0", "level", "x_lv", "y_lv", "read_px", "tile_px")})
+
+
+def check_resolution(info: SlideInfo, mpp: float, rel_tol: float = MPP_REL_TOL) -> None:
+    """Raise PlutoError when `mpp` is finer than the slide's native resolution beyond tolerance."""
+    native = info.mpp
+    if mpp < native * (1.0 - rel_tol):
+        raise PlutoError(
+            f"{info.path}: {mpp:g} um/px requested but the slide's native resolution is {native:g} um/px "
+            f"(tolerance {rel_tol:.0%}); refusing to upsample"
+        )
+
+
+def best_level(info: SlideInfo, mpp: float, rel_tol: float = MPP_REL_TOL) -> int:
+    """Coarsest level whose mpp is at most `mpp * (1 + rel_tol)`; raises when `mpp` is too fine."""
+    check_resolution(info, mpp, rel_tol)
+    limit = mpp * (1.0 + rel_tol)
+    best = 0
+    for level in range(info.levels):
+        if info.level_mpp(level) <= limit and info.level_downsamples[level] >= info.level_downsamples[best]:
+            best = level
+    return best
+
+
+def plan_read(
+    info: SlideInfo, x_l0: int, y_l0: int, mpp: float, tile_px: int, rel_tol: float = MPP_REL_TOL
+) -> TileRequest:
+    """The level read for a `tile_px` tile at `mpp` whose top-left is level-0 (x_l0, y_l0).
+
+    The tile covers `tile_px * mpp / info.mpp` level-0 px; at the chosen level that is
+    `read_px = round(that / downsample)` px starting at the nearest level pixel.
+    """
+    level = best_level(info, mpp, rel_tol)
+    ds = info.level_downsamples[level]
+    size_l0 = tile_px * mpp / info.mpp
+    return TileRequest(
+        x_l0=int(x_l0),
+        y_l0=int(y_l0),
+        level=level,
+        x_lv=int(round(x_l0 / ds)),
+        y_lv=int(round(y_l0 / ds)),
+        read_px=max(1, int(round(size_l0 / ds))),
+        tile_px=int(tile_px),
+    )

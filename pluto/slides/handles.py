@@ -1,0 +1,161 @@
+"""Open slides and a per-process LRU pool of them.
+
+Opening a slide costs milliseconds (headers, tile tables); a training loader reads thousands of
+tiles per second from a few thousand slides, so handles are kept open in a bounded LRU pool. The
+pool belongs to one process: after a fork (DataLoader workers) the child sees a different pid
+and starts an empty pool, never using or closing the parent's handles. Evicted handles are closed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pluto.errors import QuarantineReason, SlideError
+from pluto.slides.metadata import MAX_DIMENSION_PX, MPP_RANGE, SlideInfo, info_from_openslide, open_openslide
+from pluto.slides.tiff_tiles import BACKGROUND, TiffTiles
+
+
+class SlideHandle:
+    """One open slide: `.info` plus level reads in level pixels (direct TIFF tiles or OpenSlide)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        mpp_override: float | None = None,
+        *,
+        mpp_range: tuple[float, float] = MPP_RANGE,
+        max_dimension_px: int = MAX_DIMENSION_PX,
+    ) -> None:
+        self.path = str(path)
+        self._osr = open_openslide(self.path)
+        try:
+            self.info: SlideInfo = info_from_openslide(
+                self.path, self._osr, mpp_override, mpp_range=mpp_range, max_dimension_px=max_dimension_px
+            )
+        except SlideError:
+            self._osr.close()
+            raise
+        self._tiles = TiffTiles.try_open(self.path, self.info.level_dims)
+
+    @property
+    def direct(self) -> bool:
+        """True when levels are read from the TIFF tiles directly (integer level addressing)."""
+        return self._tiles is not None
+
+    def read_level(self, level: int, x_lv: int, y_lv: int, w: int, h: int) -> np.ndarray:
+        """RGB (h, w, 3) uint8 of `level` pixels starting at level pixel (x_lv, y_lv); outside is white."""
+        if self._tiles is not None:
+            return self._tiles.read(level, x_lv, y_lv, w, h)
+        return self._read_openslide(level, x_lv, y_lv, w, h)
+
+    def read_level_openslide(self, level: int, x_lv: int, y_lv: int, w: int, h: int) -> np.ndarray:
+        """Same region through OpenSlide (used by pre-flight checks and as the fallback reader)."""
+        return self._read_openslide(level, x_lv, y_lv, w, h)
+
+    def _read_openslide(self, level: int, x_lv: int, y_lv: int, w: int, h: int) -> np.ndarray:
+        import openslide
+
+        ds = self._osr.level_downsamples[level]
+        try:
+            rgba = np.asarray(self._osr.read_region((int(round(x_lv * ds)), int(round(y_lv * ds))), level, (w, h)))
+        except openslide.OpenSlideError as exc:
+            raise SlideError(self.path, QuarantineReason.unreadable, f"level {level}: {exc}") from exc
+        alpha = rgba[..., 3:4].astype(np.uint16)
+        rgb = rgba[..., :3].astype(np.uint16)
+        return ((rgb * alpha + BACKGROUND * (255 - alpha)) // 255).astype(np.uint8)
+
+    @property
+    def openslide(self) -> Any:
+        """The underlying OpenSlide object (never use it to read label/macro images)."""
+        return self._osr
+
+    def close(self) -> None:
+        if self._tiles is not None:
+            self._tiles.close()
+        self._osr.close()
+
+    def __enter__(self) -> "SlideHandle":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_slide(path: str | Path, mpp_override: float | None = None, **limits: Any) -> SlideHandle:
+    """A new handle owned by the caller (close it, or use `with`). Raises SlideError."""
+    return SlideHandle(path, mpp_override, **limits)
+
+
+class _Pool:
+    def __init__(self, max_handles: int) -> None:
+        self.max_handles = max_handles
+        self.pid = os.getpid()
+        self.handles: OrderedDict[tuple[str, float | None], SlideHandle] = OrderedDict()
+        self.lock = threading.Lock()
+
+
+_POOL = _Pool(32)
+
+
+def _pool() -> _Pool:
+    global _POOL
+    if _POOL.pid != os.getpid():  # forked child: the parent's handles are not ours to use or close
+        _POOL = _Pool(_POOL.max_handles)
+    return _POOL
+
+
+def configure_pool(max_handles: int) -> None:
+    """Set the pool size of this process (SlideSettings.handle_pool_size); evicts the excess."""
+    if max_handles < 1:
+        raise ValueError(f"max_handles must be >= 1, got {max_handles}")
+    pool = _pool()
+    with pool.lock:
+        pool.max_handles = max_handles
+        _evict(pool)
+
+
+def clear_pool() -> None:
+    """Close every pooled handle of this process."""
+    pool = _pool()
+    with pool.lock:
+        while pool.handles:
+            pool.handles.popitem(last=False)[1].close()
+
+
+def pool_paths() -> list[str]:
+    """Paths of the pooled handles of this process, least recently used first."""
+    pool = _pool()
+    with pool.lock:
+        return [path for path, _ in pool.handles]
+
+
+def _evict(pool: _Pool) -> None:
+    while len(pool.handles) > pool.max_handles:
+        pool.handles.popitem(last=False)[1].close()
+
+
+def get_handle(path: str | Path, mpp_override: float | None = None) -> SlideHandle:
+    """The pooled handle of `path` in this process (opened on first use, LRU-evicted and closed)."""
+    key = (os.path.abspath(str(path)), mpp_override)
+    pool = _pool()
+    with pool.lock:
+        handle = pool.handles.get(key)
+        if handle is not None:
+            pool.handles.move_to_end(key)
+            return handle
+    handle = SlideHandle(key[0], mpp_override)
+    with pool.lock:
+        existing = pool.handles.get(key)
+        if existing is not None:
+            handle.close()
+            pool.handles.move_to_end(key)
+            return existing
+        pool.handles[key] = handle
+        _evict(pool)
+    return handle
