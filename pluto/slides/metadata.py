@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,6 +19,7 @@ from pluto.errors import QuarantineReason, SlideError
 
 MPP_RANGE = (0.05, 50.0)  # um/px; outside it a header value is not believed (defaults of SlideSettings)
 MAX_DIMENSION_PX = 1_000_000  # header dims beyond this are quarantined as too_large
+_TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
 _UM_PER_UNIT = {"centimeter": 1e4, "inch": 25_400.0}
 
 
@@ -165,21 +167,48 @@ def open_openslide(path: str | Path) -> Any:
 
 
 def tiff_truncation(path: str) -> str:
-    """Non-empty description when a TIFF's own directory points past the end of the file."""
+    """Non-empty description when a TIFF's own structure points past the end of the file.
+
+    Walks the IFD chain from the header (classic and BigTIFF), then checks the tile/strip byte
+    ranges tifffile reports. Non-TIFF files give "" (OpenSlide decides about them).
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        if head[:4] in (b"II*\0", b"MM\0*"):
+            bo, big = ("<" if head[:2] == b"II" else ">"), False
+        elif head[:4] in (b"II+\0", b"MM\0+"):
+            bo, big = ("<" if head[:2] == b"II" else ">"), True
+        else:
+            return ""
+        count_fmt, entry_bytes, off_fmt = ("Q", 20, "Q") if big else ("H", 12, "I")
+        offset = struct.unpack(bo + off_fmt, head[8:16] if big else head[4:8])[0]
+        seen: set[int] = set()
+        while offset and offset not in seen:
+            seen.add(offset)
+            fh.seek(offset)
+            raw = fh.read(struct.calcsize(count_fmt))
+            if offset >= size or len(raw) < struct.calcsize(count_fmt):
+                return f"image directory at byte {offset} but the file has {size}"
+            n = struct.unpack(bo + count_fmt, raw)[0]
+            entries = fh.read(n * entry_bytes)
+            raw = fh.read(struct.calcsize(off_fmt))
+            if len(raw) < struct.calcsize(off_fmt):
+                return f"image directory at byte {offset} runs past the end of the file ({size} bytes)"
+            for i in range(n):
+                _, typ, count, value = struct.unpack(bo + ("HHQQ" if big else "HHII"), entries[i * entry_bytes : (i + 1) * entry_bytes])
+                nbytes = count * _TIFF_TYPE_BYTES.get(typ, 1)
+                if nbytes > (8 if big else 4) and value + nbytes > size:
+                    return f"tag values at byte {value} run past the end of the file ({size} bytes)"
+            offset = struct.unpack(bo + off_fmt, raw)[0]
     import tifffile
 
-    size = os.path.getsize(path)
     try:
         with tifffile.TiffFile(path) as tif:
-            end = 0
-            for page in tif.pages:
-                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
-                end = max([end, *ends])
-    except tifffile.TiffFileError as exc:
-        return f"TIFF structure cut short: {exc}" if "beyond" in str(exc) or "EOF" in str(exc) else ""
-    except (OSError, ValueError, IndexError, KeyError):
+            end = max((o + n for p in tif.pages for o, n in zip(p.dataoffsets, p.databytecounts) if n), default=0)
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError):
         return ""
-    return f"tile data ends at byte {end} but the file has {size}" if end > size else ""
+    return f"image data ends at byte {end} but the file has {size}" if end > size else ""
 
 
 def slide_info(
@@ -200,6 +229,6 @@ def slide_info(
         info = info_from_openslide(path, osr, mpp_override, mpp_range=mpp_range, max_dimension_px=max_dimension_px)
     finally:
         osr.close()
-    if require_mpp:
-        info.mpp  # noqa: B018 - raises SlideError(no_mpp) when missing
+    if require_mpp and info.mpp_source == "missing":
+        raise SlideError(path, QuarantineReason.no_mpp, "no MPP in header or TIFF resolution tags and no override")
     return info
