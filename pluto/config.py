@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -75,6 +75,20 @@ class IngestSettings(_Section):
     default_stain: str = "H&E"
 
 
+class TilingSettings(_Section):
+    """Tile specs and selection (PLUTO-4: 0.25/0.5/1.0/2.0 um/px, 275/550 px, ~300 regions/slide)."""
+
+    mpps: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
+    tile_pxs: tuple[int, ...] = (275, 550)
+    mode: Literal["grid", "sample"] = "grid"
+    regions_per_slide: int = Field(300, ge=1)  # sample mode: 165M regions / 551,164 WSIs
+    min_tissue: float = Field(0.4, ge=0, le=1)  # Midnight: foreground area >= 40%
+    max_pen: float = Field(0.05, ge=0, le=1)
+    max_fold: float = Field(0.1, ge=0, le=1)
+    max_bubble: float = Field(0.1, ge=0, le=1)
+    shard_rows: int = Field(1_000_000, ge=1)
+
+
 class S3Settings(_Section):
     """Object storage endpoint; credentials come from the standard AWS environment/config."""
 
@@ -102,6 +116,7 @@ class Settings(BaseSettings):
     paths: PathSettings = PathSettings()
     slides: SlideSettings = SlideSettings()
     ingest: IngestSettings = IngestSettings()
+    tiling: TilingSettings = TilingSettings()
     s3: S3Settings = S3Settings()
     mlflow: MLflowSettings = MLflowSettings()
 

@@ -1,0 +1,92 @@
+"""Tile placement in level-0 px for one slide and one TileSpec.
+
+The read level and read size come from `pluto.slides.plan_read` (the one level-choice function),
+so the manifest says exactly what the loader will read. Tiles are placed on the read level's
+pixel grid (`x_l0 = round(x_lv * downsample)`), which keeps every read aligned with the stored
+pyramid pixels: no fractional offsets, no resampling twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from pluto.errors import PlutoError
+from pluto.slides import SlideInfo, TileSpec, check_resolution, plan_read
+from pluto.slides.geometry import MPP_REL_TOL
+
+SKIP_UPSAMPLE = "upsample"  # target finer than the slide's native mpp beyond tolerance
+SKIP_TOO_LARGE = "larger_than_slide"  # one tile's footprint does not fit on the slide
+
+
+@dataclass(frozen=True)
+class SpecPlan:
+    """How one TileSpec is read on one slide: `read_px` level px at `level`, downsample from dims."""
+
+    mpp: float
+    tile_px: int
+    level: int
+    read_px: int
+    downsample: float  # level-0 px per level px of `level`
+    nominal_l0: float  # tile_px * mpp / native mpp: the physical footprint in level-0 px
+
+    @property
+    def footprint_l0(self) -> int:
+        """Level-0 edge of the square actually read (read_px level px), at least the nominal one."""
+        return int(np.ceil(max(self.read_px * self.downsample, self.nominal_l0) - 1e-6))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_spec(info: SlideInfo, spec: TileSpec, rel_tol: float = MPP_REL_TOL) -> SpecPlan | tuple[str, str]:
+    """The SpecPlan, or (skip reason, detail) when the spec cannot be tiled on this slide."""
+    try:
+        check_resolution(info, spec.mpp, rel_tol)
+    except PlutoError as exc:
+        return SKIP_UPSAMPLE, str(exc)
+    req = plan_read(info, 0, 0, spec.mpp, spec.tile_px, rel_tol)
+    plan = SpecPlan(
+        mpp=spec.mpp,
+        tile_px=spec.tile_px,
+        level=req.level,
+        read_px=req.read_px,
+        downsample=info.level_downsamples[req.level],
+        nominal_l0=spec.tile_px * spec.mpp / info.mpp,
+    )
+    if plan.footprint_l0 > min(info.width, info.height):
+        return SKIP_TOO_LARGE, f"{info.path}: tile of {plan.footprint_l0} level-0 px exceeds {info.width}x{info.height}"
+    return plan
+
+
+def _fits(info: SlideInfo, plan: SpecPlan, x_l0: np.ndarray, y_l0: np.ndarray) -> np.ndarray:
+    fp = plan.footprint_l0
+    return (x_l0 >= 0) & (y_l0 >= 0) & (x_l0 + fp <= info.width) & (y_l0 + fp <= info.height)
+
+
+def grid_origins(info: SlideInfo, plan: SpecPlan) -> np.ndarray:
+    """(N, 2) int64 level-0 top-left (x, y) of the non-overlapping grid, row-major, all inside."""
+    lw, lh = info.level_dims[plan.level]
+    xs = np.rint(np.arange(lw // plan.read_px, dtype=np.float64) * plan.read_px * plan.downsample).astype(np.int64)
+    ys = np.rint(np.arange(lh // plan.read_px, dtype=np.float64) * plan.read_px * plan.downsample).astype(np.int64)
+    gy, gx = np.meshgrid(ys, xs, indexing="ij")
+    xy = np.stack([gx.ravel(), gy.ravel()], axis=1)
+    return xy[_fits(info, plan, xy[:, 0], xy[:, 1])]
+
+
+def centred_origins(info: SlideInfo, plan: SpecPlan, centres_l0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top-lefts (N, 2) int64 of tiles centred on `centres_l0` (N, 2 float), snapped to the read
+    level's pixel grid (centre error <= half a level pixel), and a bool mask of those inside."""
+    c = np.asarray(centres_l0, dtype=np.float64).reshape(-1, 2)
+    half = plan.read_px * plan.downsample / 2.0
+    lv = np.rint((c - half) / plan.downsample)
+    xy = np.rint(lv * plan.downsample).astype(np.int64)
+    return xy, _fits(info, plan, xy[:, 0], xy[:, 1])
+
+
+def boxes(origins: np.ndarray, plan: SpecPlan) -> np.ndarray:
+    """(N, 4) level-0 [x, y, w, h] boxes of the tiles, for QC scoring."""
+    fp = np.full((len(origins), 1), plan.footprint_l0, dtype=np.int64)
+    return np.hstack([origins.astype(np.int64), fp, fp])
