@@ -46,6 +46,44 @@ def show_config(ctx: typer.Context) -> None:
     typer.echo(settings_from(ctx).model_dump_json(indent=2))
 
 
+@app.command("tile")
+def tile(
+    ctx: typer.Context,
+    work: Optional[Path] = typer.Option(None, "--work", help="Work dir: reads catalog.parquet and qc/, writes tiles/."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="grid (every QC-passing tile) or sample (PLUTO-4 regions)."),
+    mpp: Optional[list[float]] = typer.Option(None, "--mpp", help="Target um/px; repeat for several."),
+    tile_px: Optional[list[int]] = typer.Option(None, "--tile-px", help="Output tile size in px; repeat for several."),
+    regions_per_slide: Optional[int] = typer.Option(None, "--regions-per-slide", help="Sample mode: regions per slide."),
+    min_tissue: Optional[float] = typer.Option(None, "--min-tissue", help="Minimum tissue fraction of a tile."),
+    shard_rows: Optional[int] = typer.Option(None, "--shard-rows", help="Rows per manifest shard."),
+) -> None:
+    """Tile QC-passing tissue at each target um/px into a sharded coordinate manifest (DIR/tiles)."""
+    from rich.progress import Progress
+
+    from pluto.tiling import tile_cohort
+
+    flags = {"mode": mode, "mpps": mpp or None, "tile_pxs": tile_px or None, "regions_per_slide": regions_per_slide,
+             "min_tissue": min_tissue, "shard_rows": shard_rows}
+    s = settings_from(ctx, paths={"work_dir": work} if work else None,
+                      tiling={k: v for k, v in flags.items() if v is not None})
+    t = s.tiling
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("tiling slides", total=None)
+        summary = tile_cohort(
+            s.paths.catalog, s.paths.qc_dir, s.paths.tiles_dir, mpps=t.mpps, tile_pxs=t.tile_pxs, mode=t.mode,
+            regions_per_slide=t.regions_per_slide, min_tissue=t.min_tissue, max_pen=t.max_pen, max_fold=t.max_fold,
+            max_bubble=t.max_bubble, shard_rows=t.shard_rows, seed=s.seed, rel_tol=s.slides.mpp_rel_tol,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    per_spec = summary.groupby(["mpp", "tile_px"])["n_tiles"].sum()
+    for (spec_mpp, spec_px), n in per_spec.items():
+        typer.echo(f"{spec_mpp:g} um/px x {spec_px} px: {n} tiles")
+    flagged = summary.loc[summary["slide_status"] != "ok", ["slide_id", "slide_status"]].drop_duplicates()
+    for rec in flagged.itertuples():
+        typer.echo(f"flagged {rec.slide_id[:12]}: {rec.slide_status}")
+    typer.echo(f"manifest: {s.paths.tiles_dir}")
+
+
 def main() -> None:
     try:
         app()
