@@ -1,0 +1,173 @@
+"""Frozen-encoder embeddings: model resolution, batched extraction (bf16 autocast on CUDA), on-disk cache.
+
+Modes (PLUTO-4 §4.1 and Table 2/3; Midnight Fig. 1B): "cls" = the CLS token; "cls+mean" = CLS
+concatenated with the mean of the patch tokens (register tokens excluded); "patch_tokens" = the
+patch-token grid (N, D, h, w) that segmentation decoders consume. Embeddings are cached under
+`cache_dir` keyed by (weights sha256, data fingerprint, mode, patch size, input px), written once
+(atomic rename) and reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import timm
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from pluto.errors import CheckpointError, PlutoError
+
+log = logging.getLogger(__name__)
+
+MODES = ("cls", "cls+mean", "patch_tokens")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def resolve_model(spec: nn.Module | str | Path) -> nn.Module:
+    """A model object, a `save_model` directory, a registered `models:/name@alias` URI, or a timm name (random init)."""
+    if isinstance(spec, nn.Module):
+        return spec
+    text = str(spec)
+    if text.startswith("models:/"):
+        import mlflow
+
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text))
+        found = sorted(local.rglob("model.safetensors"))
+        if not found:
+            raise CheckpointError(f"{text}: registered model has no model.safetensors artifact (downloaded to {local})")
+        return _load_dir(found[0].parent)
+    path = Path(text)
+    if path.is_dir():
+        return _load_dir(path)
+    import pluto.models  # noqa: F401  (registers pluto_* architectures with timm)
+
+    if text not in timm.list_models():
+        raise PlutoError(f"{text}: neither a checkpoint directory, a models:/ URI nor a known architecture name")
+    log.warning("%s: architecture name given, using a RANDOM-INITIALISED encoder (a baseline, not a trained model)", text)
+    return timm.create_model(text, pretrained=False, num_classes=0)
+
+
+def _load_dir(path: Path) -> nn.Module:
+    from pluto.models import load_model
+
+    return load_model(path)
+
+
+def model_id(model: nn.Module) -> str:
+    """sha256 of the weights (state-dict tensors in key order, raw bytes): the model part of every cache key."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def input_px(model: nn.Module) -> int:
+    """Square input side in px: the patch embedding's fixed size when it has one, else the pretrained_cfg's."""
+    fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if fixed:
+        return int(fixed[-1] if isinstance(fixed, (tuple, list)) else fixed)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return int(cfg.get("input_size", (3, 224, 224))[-1])
+
+
+def _norm_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+
+
+def pool_tokens(model: nn.Module, tokens: torch.Tensor, mode: str) -> torch.Tensor:
+    """Turn (B, prefix + N, D) final-normed tokens into the embedding of `mode` (prefix = CLS + registers)."""
+    n_prefix = int(getattr(model, "num_prefix_tokens", 1))
+    cls, patches = tokens[:, 0], tokens[:, n_prefix:]
+    if mode == "cls":
+        return cls
+    if mode == "cls+mean":
+        return torch.cat([cls, patches.mean(1)], dim=1)
+    if mode == "patch_tokens":
+        b, n, d = patches.shape
+        side = int(round(n**0.5))
+        if side * side != n:
+            raise PlutoError(f"patch_tokens mode needs a square token grid, got {n} patch tokens")
+        return patches.transpose(1, 2).reshape(b, d, side, side)
+    raise PlutoError(f"unknown embedding mode {mode!r}; one of {MODES}")
+
+
+def _forward_tokens(model: nn.Module, x: torch.Tensor, patch_size: int | None) -> torch.Tensor:
+    if patch_size is None:
+        return model.forward_features(x)
+    return model.forward_features(x, patch_size=patch_size)
+
+
+def _patch_size(model: nn.Module, patch_size: int | None) -> int:
+    if patch_size is not None:
+        return int(patch_size)
+    ps = getattr(model, "patch_size", None) or getattr(getattr(model, "patch_embed", None), "patch_size", 16)
+    return int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+
+
+def cache_key(mid: str, fingerprint: str, mode: str, patch_size: int, px: int) -> str:
+    blob = json.dumps({"model": mid, "data": fingerprint, "mode": mode, "patch_size": patch_size, "input_px": px}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def extract_embeddings(
+    model: nn.Module | str | Path,
+    dataset: Dataset,
+    mode: str = "cls",
+    batch_size: int = 64,
+    device: str = "cpu",
+    *,
+    patch_size: int | None = None,
+    cache_dir: Path | None = None,
+    num_workers: int = 0,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Embed every item of `dataset` (uint8 CHW tensors, see `images.py`) with a frozen encoder.
+
+    Returns float32 (N, D) for "cls", (N, 2D) for "cls+mean", (N, D, h, w) for "patch_tokens".
+    With `cache_dir` and a dataset `fingerprint`, the result is stored once and reloaded after.
+    """
+    if mode not in MODES:
+        raise PlutoError(f"unknown embedding mode {mode!r}; one of {MODES}")
+    model = resolve_model(model)
+    ps = _patch_size(model, patch_size)
+    px = input_px(model)
+    cache_file = None
+    if cache_dir is not None and hasattr(dataset, "fingerprint"):
+        key = cache_key(model_id(model), dataset.fingerprint, mode, ps, px)
+        cache_file = Path(cache_dir) / f"emb-{key}.npy"
+        if cache_file.is_file():
+            log.info("embeddings: cache hit %s", cache_file.name)
+            return np.load(cache_file)
+    dev = torch.device(device)
+    model = model.eval().to(dev)
+    mean, std = (torch.tensor(v, device=dev).view(1, 3, 1, 1) * 255 for v in _norm_stats(model))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=dev.type == "cuda", persistent_workers=False,
+                        prefetch_factor=4 if num_workers > 0 else None)
+    chunks, done = [], 0
+    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        for batch in loader:
+            x = (batch.to(dev, non_blocking=True).float() - mean) / std
+            emb = pool_tokens(model, _forward_tokens(model, x, patch_size), mode)
+            chunks.append(emb.float().cpu())
+            done += len(batch)
+            if on_progress:
+                on_progress(done, len(dataset))
+    out = torch.cat(chunks).numpy() if chunks else np.zeros((0,), np.float32)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npy")
+        np.save(tmp, out)
+        os.replace(tmp, cache_file)
+    log.info("embeddings: %d items, mode %s, patch %d -> %s", len(dataset), mode, ps, tuple(out.shape))
+    return out

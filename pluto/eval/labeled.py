@@ -1,0 +1,106 @@
+"""Labeled image sets: the generic "folder + labels.csv" adapter and the checks every adapter shares.
+
+labels.csv columns: filename (relative to the images folder), label, optional split
+(train / val / test, empty = none). A set without splits is evaluated with stratified folds.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pluto.errors import PlutoError
+
+SPLITS = ("train", "val", "test")
+
+
+class DatasetLayoutError(PlutoError):
+    """A benchmark copy is missing, incomplete or laid out differently than expected; names what is missing."""
+
+
+@dataclass(frozen=True)
+class LabeledImages:
+    name: str
+    root: Path
+    paths: tuple[Path, ...]
+    labels: tuple[str, ...]
+    classes: tuple[str, ...]  # label order: label_ids index into this
+    splits: tuple[str, ...] | None = None  # per item, one of SPLITS
+    groups: tuple[str, ...] | None = None  # per item patient / slide id, for group-aware folds
+
+    def __post_init__(self) -> None:
+        if not self.paths:
+            raise DatasetLayoutError(f"{self.root}: {self.name} has no images")
+        check_classes(set(self.labels), self.classes, f"{self.name} at {self.root}")
+
+    @property
+    def label_ids(self) -> np.ndarray:
+        index = {c: i for i, c in enumerate(self.classes)}
+        return np.array([index[x] for x in self.labels], dtype=np.int64)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "root": str(self.root), "paths": [str(p) for p in self.paths], "labels": list(self.labels),
+                "classes": list(self.classes), "splits": list(self.splits) if self.splits else None,
+                "groups": list(self.groups) if self.groups else None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LabeledImages":
+        opt = lambda k: tuple(d[k]) if d.get(k) else None  # noqa: E731
+        return cls(d["name"], Path(d["root"]), tuple(Path(p) for p in d["paths"]), tuple(d["labels"]),
+                   tuple(d["classes"]), opt("splits"), opt("groups"))
+
+
+def check_classes(found: set[str], expected: tuple[str, ...] | list[str], where: str) -> None:
+    """Raise naming the labels that are not in `expected`, and the expected classes that have no item."""
+    extra, missing = sorted(found - set(expected)), sorted(set(expected) - found)
+    if extra or missing:
+        parts = ([f"unexpected class(es) {extra}"] if extra else []) + ([f"no items for class(es) {missing}"] if missing else [])
+        raise DatasetLayoutError(f"{where}: {'; '.join(parts)} (expected {list(expected)})")
+
+
+def require(root: Path, *relative: str) -> None:
+    """Raise DatasetLayoutError listing every expected path missing under `root`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetLayoutError(f"{root}: dataset folder not found")
+    missing = [r for r in relative if not (root / r).exists()]
+    if missing:
+        raise DatasetLayoutError(f"{root}: expected {', '.join(repr(m) for m in missing)} (layout of a local copy of this benchmark)")
+
+
+def inside(root: Path, relative: str) -> Path:
+    """`root / relative`, refusing paths that escape `root` (.., absolute, symlinks out)."""
+    base = Path(root).resolve()
+    path = (base / relative).resolve()
+    if not path.is_relative_to(base):
+        raise DatasetLayoutError(f"{relative}: path escapes the images folder {base}")
+    return path
+
+
+def read_labels_csv(images_dir: Path, labels_csv: Path, classes: tuple[str, ...] | None = None,
+                    name: str = "labeled_folder") -> LabeledImages:
+    """The generic adapter: images under `images_dir`, rows `filename,label[,split]` in `labels_csv`."""
+    images_dir, labels_csv = Path(images_dir), Path(labels_csv)
+    if not labels_csv.is_file():
+        raise DatasetLayoutError(f"{labels_csv}: labels file not found")
+    require(images_dir)
+    with labels_csv.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"filename", "label"} <= set(rows[0]):
+        raise DatasetLayoutError(f"{labels_csv}: needs columns filename,label[,split]")
+    paths = tuple(inside(images_dir, r["filename"]) for r in rows)
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise DatasetLayoutError(f"{labels_csv}: {len(missing)} listed image(s) missing, e.g. {missing[0]}")
+    labels = tuple(r["label"].strip() for r in rows)
+    raw_splits = [(r.get("split") or "").strip() for r in rows]
+    bad = sorted({s for s in raw_splits if s and s not in SPLITS})
+    if bad:
+        raise DatasetLayoutError(f"{labels_csv}: unknown split value(s) {bad}; use {SPLITS} or leave empty")
+    if any(raw_splits) and not all(raw_splits):
+        raise DatasetLayoutError(f"{labels_csv}: split is set for some rows but not all")
+    splits = tuple(raw_splits) if all(raw_splits) else None
+    return LabeledImages(name, images_dir, paths, labels, tuple(classes) if classes else tuple(sorted(set(labels))), splits)

@@ -1,0 +1,41 @@
+"""Metrics in torch/numpy (no scikit-learn on the hot path); each agrees with the reference library (tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def balanced_accuracy(y_true, y_pred) -> float:
+    """Mean per-class recall over the classes present in `y_true` (same as sklearn's balanced_accuracy_score)."""
+    t = torch.as_tensor(np.asarray(y_true)).long().flatten()
+    p = torch.as_tensor(np.asarray(y_pred)).long().flatten()
+    if t.numel() == 0 or t.numel() != p.numel():
+        raise ValueError(f"balanced_accuracy: need equal non-empty label arrays, got {t.numel()} and {p.numel()}")
+    classes = torch.unique(t)
+    recalls = torch.stack([((p == c) & (t == c)).sum() / (t == c).sum() for c in classes]).double()
+    return float(recalls.mean())
+
+
+def pearson_per_column(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Pearson r per column (gene) of (N, G) arrays; a constant column gives NaN (HEST reports the mean of the rest)."""
+    a = np.asarray(y_true, dtype=np.float64)
+    b = np.asarray(y_pred, dtype=np.float64)
+    a, b = a - a.mean(0), b - b.mean(0)
+    denom = np.sqrt((a * a).sum(0) * (b * b).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (a * b).sum(0) / denom, np.nan)
+
+
+def dice_without_background(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> float:
+    """Macro dice over classes 1..C-1 on integer label maps (B, H, W), as eva reports for CoNSeP/MoNuSAC.
+
+    Classes absent from both prediction and target are skipped (MONAI's `ignore_empty`).
+    """
+    scores = []
+    for c in range(1, n_classes):
+        p, t = pred == c, target == c
+        denom = p.sum() + t.sum()
+        if denom > 0:
+            scores.append(float(2 * (p & t).sum() / denom))
+    return float(np.mean(scores)) if scores else float("nan")

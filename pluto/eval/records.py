@@ -1,0 +1,87 @@
+"""Evaluation results as value objects: one `EvalRecord` per (task, embedding mode), a `SuiteResult` per suite.
+
+The record carries everything a reader needs to judge a number (DESIGN.md, "Evaluation record"):
+per-seed values, mean and std over seeds, the protocol and eval-suite version, the model's weights
+hash, patch size and embedding mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+EVAL_SUITE_VERSION = "1"  # bump when a protocol, split or metric changes: numbers are only comparable within one version
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    task: str
+    dataset: str
+    split: str
+    metric: str  # "balanced_accuracy" | "dice" | "pearson"
+    values: tuple[float, ...]  # one per seed / run
+    seeds: tuple[int, ...]
+    protocol: str  # "eva" | "quick" | "hest_ridge" | ...
+    model_id: str  # sha256 of the encoder weights (or a baseline's name)
+    patch_size: int | None
+    embedding_mode: str  # "cls" | "cls+mean" | "patch_tokens" | "mean_rgb"
+    suite_version: str = EVAL_SUITE_VERSION
+    extra: dict = field(default_factory=dict)  # small JSON-able details (n_train, best steps, ...)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "values", tuple(float(v) for v in self.values))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        if len(self.values) != len(self.seeds) or not self.values:
+            raise ValueError(f"{self.task}: need one value per seed, got {len(self.values)} values, {len(self.seeds)} seeds")
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def std(self) -> float:
+        """Sample std over seeds (ddof=1; 0.0 for a single run)."""
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["values"], d["seeds"] = list(self.values), list(self.seeds)
+        d["mean"], d["std"] = self.mean, self.std
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EvalRecord":
+        keep = {k: v for k, v in d.items() if k not in {"mean", "std"}}
+        keep["values"], keep["seeds"] = tuple(keep["values"]), tuple(keep["seeds"])
+        return cls(**keep)
+
+
+@dataclass(frozen=True)
+class SuiteResult:
+    """All records of one suite run; `score` (mean of headline metrics) feeds the registry gate."""
+
+    records: tuple[EvalRecord, ...]
+    score: float
+    headline_mode: str = "cls"
+
+    @property
+    def max_seed_std(self) -> float:
+        """Largest seed spread among headline records: the gate's margin should be at least this."""
+        stds = [r.std for r in self.records if r.embedding_mode == self.headline_mode]
+        return max(stds, default=0.0)
+
+    def to_dict(self) -> dict:
+        return {"records": [r.to_dict() for r in self.records], "score": self.score, "headline_mode": self.headline_mode}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SuiteResult":
+        return cls(tuple(EvalRecord.from_dict(r) for r in d["records"]), float(d["score"]), d.get("headline_mode", "cls"))
+
+
+def suite_score(records: tuple[EvalRecord, ...] | list[EvalRecord], mode: str = "cls") -> float:
+    """Mean over tasks of the headline metric (mean over seeds) for one embedding mode."""
+    vals = [r.mean for r in records if r.embedding_mode == mode]
+    if not vals:
+        raise ValueError(f"no records with embedding mode {mode!r} to score")
+    return float(np.mean(vals))
