@@ -5,11 +5,13 @@ OpenSlide is imported lazily inside the functions that open slides.
 
 from pluto.slides.geometry import TileRequest, TileSpec, best_level, check_resolution, plan_read
 from pluto.slides.handles import SlideHandle, clear_pool, configure_pool, get_handle, open_slide, pool_paths
+from pluto.slides.ingest import CATALOG_COLUMNS, ingest, preflight
 from pluto.slides.metadata import SlideInfo, slide_info
 from pluto.slides.pyramid_writer import write_pyramid
 from pluto.slides.reader import read_request, read_thumbnail, read_tile, resize_area
 
 __all__ = [
+    "CATALOG_COLUMNS",
     "SlideHandle",
     "SlideInfo",
     "TileRequest",
@@ -19,9 +21,11 @@ __all__ = [
     "clear_pool",
     "configure_pool",
     "get_handle",
+    "ingest",
     "open_slide",
     "plan_read",
     "pool_paths",
+    "preflight",
     "read_request",
     "read_thumbnail",
     "read_tile",
