@@ -84,6 +84,44 @@ def tile(
     typer.echo(f"manifest: {s.paths.tiles_dir}")
 
 
+@app.command("ingest")
+def ingest_cmd(
+    ctx: typer.Context,
+    src: str = typer.Argument(..., help="Folder of slides or s3://bucket/prefix."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Work dir: writes catalog.parquet (and cache/ for S3)."),
+    metadata: Optional[Path] = typer.Option(None, "--metadata", help="csv: slide (file name or slide_id), patient, site, organ, stain, scanner."),
+    mpp_overrides: Optional[Path] = typer.Option(None, "--mpp-overrides", help="csv: slide (file name or slide_id), mpp."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Files processed in parallel."),
+) -> None:
+    """Catalog every file under SRC; bad files are quarantined with a reason (exit 0 when the batch finished)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pluto.slides import ingest
+
+    s = settings_from(
+        ctx,
+        paths={"work_dir": out} if out else None,
+        slides={"mpp_overrides_csv": mpp_overrides} if mpp_overrides else None,
+        ingest={k: v for k, v in {"metadata_csv": metadata, "workers": workers}.items() if v is not None},
+    )
+    columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("", total=None)
+        catalog = ingest(
+            src, s.paths.work_dir, workers=s.ingest.workers, metadata_csv=s.ingest.metadata_csv,
+            mpp_overrides_csv=s.slides.mpp_overrides_csv, default_stain=s.ingest.default_stain,
+            mpp_range=(s.slides.mpp_min, s.slides.mpp_max), max_dimension_px=s.slides.max_dimension_px,
+            s3_endpoint_url=s.s3.endpoint_url, s3_region=s.s3.region, s3_retries=s.s3.retries,
+            on_progress=lambda done, total, name: progress.update(task, completed=done, total=total, description=name),
+        )
+    reasons = catalog.loc[catalog["status"] != "ok", "reason"].value_counts()
+    quarantined = ", ".join(f"{n} {r}" for r, n in reasons.items())
+    typer.echo(
+        f"{len(catalog)} files: {len(catalog) - int(reasons.sum())} ok, {int(reasons.sum())} quarantined"
+        f"{f' ({quarantined})' if quarantined else ''} -> {s.paths.catalog}"
+    )
+
+
 def main() -> None:
     try:
         app()
