@@ -1,0 +1,84 @@
+"""TrainConfig: everything the distributed trainer needs, as one plain frozen dataclass.
+
+The objective, augmentations and schedules (lr, weight decay, teacher temperature and momentum,
+clipping, and the lr scaling rule) live in `SSLConfig` (pluto.ssl), nested here as `ssl`; this
+class adds what is about running them at scale. `pluto.config.Settings.train` is typed as this
+class, so defaults < file < env < flags apply to it like every other section.
+
+Batches (PLUTO-4 §3.2): 32 tiles per GPU, global batch 1024 for 4G and 1536 for 4S. With fewer
+GPUs the global batch is reached by gradient accumulation: accumulation steps =
+global_batch / (batch_per_gpu x world_size), which must be a whole number (`preflight`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pluto.ssl.config import SSLConfig
+
+PRECISIONS = ("bf16", "fp32")
+DATA_KINDS = ("manifest", "images")
+# DDP bucket sizes (MB of fp32 gradients). PLUTO-4 §3.3 raised bucket_cap_mb from 25 to 360 for
+# ViT-G (4.5 GB of gradients -> ~13 all-reduces per step). PLUTO-4S has ~90 MB of gradients: in
+# one 360 MB bucket the single all-reduce could only start after the whole backward, so it keeps
+# torch's 25 MB default (~4 buckets overlapping the backward).
+BUCKET_CAP_MB = {"pluto_4g": 360, "pluto_4s": 25, "pluto_tiny": 1}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One pretraining run. Paths are strings so the object stays JSON-able (saved in checkpoints)."""
+
+    arch: str = "pluto_tiny"
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    # data: a tile manifest directory/parquet (tiling) or a folder of image files (tests, demo)
+    data: str = "work/tiles"
+    data_kind: str = "manifest"
+    image_mpp: float | None = None  # um/px of an image folder's files (None: unknown)
+    run_dir: str = "work/train"
+    batch_per_gpu: int = 32
+    global_batch: int = 1024
+    steps: int = 100
+    seed: int = 0
+    precision: str = "bf16"  # bf16 autocast (CUDA) with loss/centering in fp32; fp16 overflows (PLUTO-4 §3.2)
+    compile: bool = False  # torch.compile(dynamic=False): dynamic shapes made ViT-B 2.3x slower (DESIGN.md)
+    activation_checkpointing: bool = False
+    bucket_cap_mb: int | None = None  # None: BUCKET_CAP_MB[arch], else torch's default 25
+    num_workers: int = 8
+    prefetch_factor: int = 4
+    ckpt_every: int = 500
+    keep_ckpts: int = 3
+    max_consecutive_nan: int = 5  # non-finite loss/grad steps in a row before the run aborts
+    log_every: int = 1
+    knn_every: int = 0  # optimizer steps between kNN monitor evaluations; 0 = off
+    knn_data: str = ""  # folder with labels.csv (filename,label,split), e.g. shared/data/patches_crc_val_he_7k
+    knn_k: int = 5
+    tracking_uri: str = ""  # MLflow server; empty = JSONL file only
+    experiment: str = "pluto-pretrain"
+    run_name: str = ""
+    peak_tflops: float | None = None  # per-GPU dense bf16 peak for MFU; None: from the device name
+    gpu_memory_gb: float | None = None  # per-GPU memory for the preflight; None: query the device
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ssl, dict):
+            object.__setattr__(self, "ssl", SSLConfig.from_dict(self.ssl))
+
+    @property
+    def resolved_bucket_cap_mb(self) -> int:
+        return self.bucket_cap_mb if self.bucket_cap_mb is not None else BUCKET_CAP_MB.get(self.arch, 25)
+
+    def accumulation_steps(self, world_size: int) -> int:
+        """Micro-batches per optimizer step on each rank (exact division checked by preflight)."""
+        return max(1, self.global_batch // (self.batch_per_gpu * world_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
