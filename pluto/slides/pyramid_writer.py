@@ -82,7 +82,7 @@ def _write_levels(tmp, source, dims, mpp, tile_px, compression, ratio, quality, 
                 px_per_cm = 1e4 / (mpp * ratio**level)
                 resolution = {"resolution": (px_per_cm, px_per_cm), "resolutionunit": "CENTIMETER"}
             tif.write(
-                _tiles(strips, lw, tile_px, nxt, ratio),
+                _tiles(strips, lw, lh, tile_px, nxt, ratio),
                 shape=(lh, lw, 3),
                 dtype=np.uint8,
                 tile=(tile_px, tile_px),
@@ -116,24 +116,28 @@ def _array_strips(array: np.ndarray, rows: int) -> Iterator[np.ndarray]:
         yield np.asarray(array[y : y + rows])
 
 
-def _tiles(strips: Iterator[np.ndarray], width: int, tile_px: int, nxt: np.ndarray | None, ratio: int) -> Iterator[np.ndarray]:
-    """Tiles of one level in row-major order; meanwhile box-reduce its rows into `nxt`."""
+def _tiles(strips: Iterator[np.ndarray], width: int, height: int, tile_px: int, nxt: np.ndarray | None, ratio: int) -> Iterator[np.ndarray]:
+    """Tiles of one level in row-major order, after box-reducing each strip's rows into `nxt`.
+
+    The reduction happens before a strip's tiles are yielded because tifffile stops pulling
+    once it has the last tile.
+    """
     pending = np.empty((0, width, 3), np.uint8)
-    out_row = 0
+    out_row = rows_seen = 0
     for strip in strips:
+        rows_seen += strip.shape[0]
+        if nxt is not None:
+            pending = np.concatenate([pending, strip])
+            if rows_seen >= height and pending.shape[0] % ratio:
+                tail = np.full((ratio - pending.shape[0] % ratio, width, 3), BACKGROUND, np.uint8)
+                pending = np.concatenate([pending, tail])
+            n = (pending.shape[0] // ratio) * ratio
+            out_row = _reduce_into(nxt, out_row, pending[:n], ratio)
+            pending = pending[n:]
         padded = np.full((tile_px, -(-width // tile_px) * tile_px, 3), BACKGROUND, np.uint8)
         padded[: strip.shape[0], :width] = strip
         for x in range(0, width, tile_px):
             yield padded[:, x : x + tile_px]
-        if nxt is not None:
-            pending = np.concatenate([pending, strip])
-            n = (pending.shape[0] // ratio) * ratio
-            out_row = _reduce_into(nxt, out_row, pending[:n], ratio)
-            pending = pending[n:]
-    if nxt is not None and pending.shape[0]:
-        block = np.full((ratio, width, 3), BACKGROUND, np.uint8)
-        block[: pending.shape[0]] = pending
-        _reduce_into(nxt, out_row, block, ratio)
 
 
 def _reduce_into(nxt: np.ndarray, row: int, block: np.ndarray, ratio: int) -> int:
