@@ -1,0 +1,215 @@
+"""Data versions: DVC tracks the work tables (catalog, QC tables, tile manifests), never tiles.
+
+Where the DVC repo lives: in the work directory itself, initialised with `--no-scm`. The work
+dir is configurable (local disk, a scratch volume on the cluster, a temp dir in tests) and is
+ignored by the project's git, so a DVC repo rooted there never collides with the project
+repository: `<work_dir>/.dvc/config` holds the S3 remote (`.dvc/config.local` the endpoint of a
+local S3 such as moto; credentials come from the standard AWS environment), and
+`<work_dir>/data.dvc` points at `<work_dir>/data/`, a snapshot of the versioned tables:
+
+    data/catalog.parquet             catalog without run-time columns (ingested_at)
+    data/qc/qc_summary.parquet       QC summary
+    data/qc/<slide_id>/qc.parquet    per-cell QC tables (masks and thumbnails stay out)
+    data/tiles/*.parquet, *.json     tile manifest shards, spec and tiling summary
+
+The data version is the DVC directory hash (`<md5>.dir`), computed from these bytes only: the
+ingest timestamp is dropped from the snapshot, so re-ingesting unchanged slides gives the same
+version. Every MLflow run and model version records it (`pluto.data_hash`), and
+`checkout_data` restores exactly that snapshot from the remote into a work dir.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from pluto.errors import PlutoError
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT = "data"
+REMOTE_NAME = "store"
+VOLATILE_COLUMNS = ("ingested_at",)
+VERSIONED_GLOBS = ("qc/qc_summary.parquet", "qc/*/qc.parquet", "tiles/*.parquet", "tiles/*.json")
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    md5: str  # DVC directory hash, "<hex>.dir"
+    nfiles: int
+    bytes: int
+    remote: str
+
+    @property
+    def hash(self) -> str:
+        return self.md5.removesuffix(".dir")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DataVersion":
+        return cls(md5=str(d["md5"]), nfiles=int(d["nfiles"]), bytes=int(d["bytes"]), remote=str(d["remote"]))
+
+
+def table_hash(path: Path, drop_columns: tuple[str, ...] = VOLATILE_COLUMNS) -> str:
+    """Content hash of a parquet table: column names, dtypes and row values, not file bytes.
+
+    Used in stage cache keys: the same rows in the same order give the same hash whatever the
+    parquet writer's metadata, and volatile columns (ingest time) do not count.
+    """
+    import pandas as pd
+
+    df = pd.read_parquet(path)
+    df = df.drop(columns=[c for c in drop_columns if c in df.columns])
+    h = hashlib.sha256(repr([(c, str(t)) for c, t in df.dtypes.items()]).encode())
+    h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def tables_hash(paths: list[Path]) -> str:
+    """One hash over several tables (sorted by path), e.g. every QC table of a cohort."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        h.update(table_hash(p).encode())
+    return h.hexdigest()[:16]
+
+
+def source_fingerprint(paths: list[Path]) -> str:
+    """Cheap identity of the ingest input: relative name, size and mtime of every file.
+
+    Reading every byte of a 500k-slide cohort to decide whether ingest can be skipped would cost
+    as much as ingest; the slide ids (sha256 of bytes) are computed by ingest itself.
+    """
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        st = p.stat()
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _versioned_files(work_dir: Path) -> list[Path]:
+    files = [p for g in VERSIONED_GLOBS for p in work_dir.glob(g) if p.is_file()]
+    return sorted(files)
+
+
+def snapshot(work_dir: Path) -> Path:
+    """Rebuild `work_dir/data/` from the current tables (atomically: tmp dir, then rename)."""
+    import pandas as pd
+
+    work_dir = Path(work_dir).resolve()
+    catalog = work_dir / "catalog.parquet"
+    if not catalog.is_file():
+        raise PlutoError(f"{catalog}: no catalog to version; run ingest first")
+    dest = work_dir / SNAPSHOT
+    tmp = work_dir / f".{SNAPSHOT}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    df = pd.read_parquet(catalog)
+    df.drop(columns=[c for c in VOLATILE_COLUMNS if c in df.columns]).to_parquet(tmp / "catalog.parquet", index=False)
+    for src in _versioned_files(work_dir):
+        out = tmp / src.relative_to(work_dir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, out)
+    old = work_dir / f".{SNAPSHOT}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+@contextmanager
+def _repo(work_dir: Path) -> Iterator[Any]:
+    from dvc.repo import Repo
+
+    repo = Repo(str(Path(work_dir).resolve()))
+    try:
+        yield repo
+    finally:
+        repo.close()
+
+
+def init_repo(work_dir: Path, remote_url: str, endpoint_url: str | None = None) -> None:
+    """Make `work_dir` a DVC repo (no SCM) whose default remote is `remote_url`; idempotent."""
+    from dvc.repo import Repo
+
+    work_dir = Path(work_dir).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if not (work_dir / ".dvc").is_dir():
+        Repo.init(str(work_dir), no_scm=True).close()
+    with _repo(work_dir) as repo:
+        with repo.config.edit("repo") as conf:
+            conf["core"]["remote"] = REMOTE_NAME
+            conf["core"]["autostage"] = False
+            conf["remote"][REMOTE_NAME] = {"url": remote_url}
+        with repo.config.edit("local") as conf:
+            if endpoint_url:
+                conf["remote"][REMOTE_NAME] = {"endpointurl": endpoint_url}
+            else:
+                conf["remote"].pop(REMOTE_NAME, None)
+
+
+def read_version(work_dir: Path) -> DataVersion:
+    """The data version `work_dir/data.dvc` points at."""
+    dvc_file = Path(work_dir) / f"{SNAPSHOT}.dvc"
+    if not dvc_file.is_file():
+        raise PlutoError(f"{dvc_file}: no data version recorded; run the data stages first")
+    out = yaml.safe_load(dvc_file.read_text())["outs"][0]
+    return DataVersion(
+        md5=out["md5"], nfiles=int(out.get("nfiles", 0)), bytes=int(out.get("size", 0)), remote=_remote_url(work_dir)
+    )
+
+
+def _remote_url(work_dir: Path) -> str:
+    with _repo(work_dir) as repo:
+        return repo.config["remote"][REMOTE_NAME]["url"]
+
+
+def commit_data(work_dir: Path, remote_url: str, endpoint_url: str | None = None, push: bool = True) -> DataVersion:
+    """Snapshot the tables, `dvc add` them and (by default) `dvc push` them; return the version."""
+    work_dir = Path(work_dir).resolve()
+    init_repo(work_dir, remote_url, endpoint_url)
+    snapshot(work_dir)
+    with _repo(work_dir) as repo:
+        repo.add(str(work_dir / SNAPSHOT))
+        if push:
+            repo.push()
+    version = read_version(work_dir)
+    log.info("data version %s (%d files, %d bytes) -> %s", version.md5, version.nfiles, version.bytes, remote_url)
+    return version
+
+
+def restore_tables(work_dir: Path) -> None:
+    """Copy the snapshot's tables back to the stage locations (catalog.parquet, qc/, tiles/)."""
+    work_dir = Path(work_dir).resolve()
+    src_root = work_dir / SNAPSHOT
+    for src in sorted(p for p in src_root.rglob("*") if p.is_file()):
+        dest = work_dir / src.relative_to(src_root)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+
+
+def checkout_data(work_dir: Path, md5: str, remote_url: str, endpoint_url: str | None = None) -> DataVersion:
+    """Restore data version `md5` from the remote into `work_dir` (a fresh dir works)."""
+    work_dir = Path(work_dir).resolve()
+    init_repo(work_dir, remote_url, endpoint_url)
+    md5 = md5 if md5.endswith(".dir") else f"{md5}.dir"
+    (work_dir / f"{SNAPSHOT}.dvc").write_text(yaml.safe_dump({"outs": [{"md5": md5, "hash": "md5", "path": SNAPSHOT}]}))
+    with _repo(work_dir) as repo:
+        repo.pull(force=True)
+    restore_tables(work_dir)
+    log.info("data version %s restored into %s", md5, work_dir)
+    return read_version(work_dir)

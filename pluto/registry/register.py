@@ -1,0 +1,209 @@
+"""Register a trained backbone as an MLflow pyfunc model version and run the champion gate.
+
+One registered model per architecture (`pluto-tiny`, `pluto-4s`, `pluto-4g`): the embedding size
+is pinned on the registered model (tag `pluto.embed_dim`) and a version of another size is
+refused, so downstream heads never silently get another embedding size. Each version carries the
+signature and a batch-2 input example (a batch of 1 would let MLflow fix the batch dimension),
+the suite scores, the DVC data hash, the git sha, the S3 URI + sha256 of the full training
+checkpoint, and an idempotency key: registering the same key twice returns the first version
+(a retried flow task never creates duplicates). New versions get the `challenger` alias.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pluto.errors import PlutoError
+from pluto.registry.checkpoint_store import CheckpointRef
+from pluto.registry.gate import GateDecision, SuiteScores, decide
+from pluto.registry.promotion import CHALLENGER, CHAMPION, current_version, promote
+
+log = logging.getLogger(__name__)
+
+EMBEDDER_CODE = Path(__file__).with_name("embedder_model.py")
+TAG_KEY = "pluto.idempotency_key"
+TAG_SCORES = "pluto.suite_scores"
+TAG_DATA = "pluto.data_hash"
+TAG_GIT = "pluto.git_sha"
+TAG_CKPT = "pluto.checkpoint"
+TAG_DIM = "pluto.embed_dim"
+TAG_GATE = "pluto.gate"
+
+
+def model_name(arch: str) -> str:
+    """timm architecture name -> registered model name: `pluto_tiny` -> `pluto-tiny`."""
+    return "pluto-" + arch.removeprefix("pluto_").replace("_", "-")
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """What the registry knows about one model version."""
+
+    name: str
+    version: int
+    run_id: str
+    source: str
+    data_hash: str
+    git_sha: str
+    scores: SuiteScores
+    checkpoint: CheckpointRef | None
+    idempotency_key: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["scores"] = self.scores.to_dict()
+        d["checkpoint"] = self.checkpoint.to_dict() if self.checkpoint else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelRecord":
+        return cls(
+            name=d["name"], version=int(d["version"]), run_id=d["run_id"], source=d["source"],
+            data_hash=d["data_hash"], git_sha=d["git_sha"], scores=SuiteScores.from_dict(d["scores"]),
+            checkpoint=CheckpointRef.from_dict(d["checkpoint"]) if d.get("checkpoint") else None,
+            idempotency_key=d["idempotency_key"],
+        )
+
+    @classmethod
+    def from_version(cls, mv: Any) -> "ModelRecord":
+        tags = mv.tags
+        ckpt = tags.get(TAG_CKPT)
+        return cls(
+            name=mv.name, version=int(mv.version), run_id=mv.run_id or "", source=mv.source,
+            data_hash=tags.get(TAG_DATA, ""), git_sha=tags.get(TAG_GIT, ""),
+            scores=SuiteScores.from_dict(json.loads(tags[TAG_SCORES])),
+            checkpoint=CheckpointRef.from_dict(json.loads(ckpt)) if ckpt else None,
+            idempotency_key=tags.get(TAG_KEY, ""),
+        )
+
+
+def get_record(tracking_uri: str, name: str, version: int | None = None, alias: str | None = None) -> ModelRecord:
+    """Record of `name` at `version` or `alias` (exactly one of them)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
+    return ModelRecord.from_version(mv)
+
+
+def _find_by_key(client: Any, name: str, key: str) -> Any | None:
+    hits = client.search_model_versions(f"name = '{name}' and tags.`{TAG_KEY}` = '{key}'")
+    return min(hits, key=lambda mv: int(mv.version)) if hits else None
+
+
+def _example_batch(model: Any) -> "Any":
+    """Two deterministic normalised images at the model's input size (batch >= 2, see module doc)."""
+    import numpy as np
+
+    c, h, w = model.pretrained_cfg.get("input_size", (3, 224, 224))
+    return np.random.default_rng(0).standard_normal((2, c, h, w)).astype(np.float32)
+
+
+def _ensure_registered_model(client: Any, name: str, embed_dim: int, arch: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        rm = client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(
+            name, tags={TAG_DIM: str(embed_dim), "pluto.arch": arch},
+            description=f"PLUTO backbone {arch}: image batch (B,3,H,W) float32 -> embeddings (B,{embed_dim}).",
+        )
+        return
+    pinned = rm.tags.get(TAG_DIM)
+    if pinned is not None and int(pinned) != embed_dim:
+        raise PlutoError(f"{name}: registered embedding size is {pinned}, refusing a version with {embed_dim}")
+
+
+def register_model(
+    model_dir: Path,
+    *,
+    tracking_uri: str,
+    run_id: str,
+    scores: SuiteScores,
+    data_hash: str,
+    git_sha: str,
+    idempotency_key: str,
+    checkpoint: CheckpointRef | None = None,
+    embedding_mode: str = "cls",
+) -> ModelRecord:
+    """Log `model_dir` (a `pluto.models.save_model` directory) as pyfunc under `run_id`, register it."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
+
+    from pluto.models import embed, load_model
+
+    client = MlflowClient(tracking_uri)
+    model = load_model(model_dir).eval()
+    arch = model.pretrained_cfg.get("architecture") or type(model).__name__
+    name = model_name(arch)
+    _ensure_registered_model(client, name, int(model.embed_dim), arch)
+    existing = _find_by_key(client, name, idempotency_key)
+    if existing is not None:
+        log.info("%s: key %s already registered as v%s; not registering again", name, idempotency_key, existing.version)
+        return ModelRecord.from_version(existing)
+
+    import torch
+
+    example = _example_batch(model)
+    with torch.inference_mode():
+        out = embed(model, torch.from_numpy(example), mode=embedding_mode).values.float().numpy()
+    mlflow.set_tracking_uri(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(EMBEDDER_CODE),
+            artifacts={"model_dir": str(model_dir)},
+            model_config={"embedding_mode": embedding_mode},
+            signature=infer_signature(example, out),
+            input_example=example,
+            pip_requirements=_requirements(),
+            tags={TAG_DATA: data_hash, TAG_GIT: git_sha},
+        )
+    tags = {
+        TAG_KEY: idempotency_key, TAG_SCORES: scores.to_json(), TAG_DATA: data_hash, TAG_GIT: git_sha,
+        "pluto.suite_version": scores.suite_version, "pluto.suite_score": f"{scores.score:.6f}",
+    }
+    if checkpoint is not None:
+        tags[TAG_CKPT] = json.dumps(checkpoint.to_dict())
+    mv = mlflow.register_model(info.model_uri, name, tags=tags)
+    client.set_registered_model_alias(name, CHALLENGER, mv.version)
+    log.info("registered %s v%s (suite score %.4f, data %s)", name, mv.version, scores.score, data_hash)
+    return ModelRecord.from_version(client.get_model_version(name, mv.version))
+
+
+def _requirements() -> list[str]:
+    """Pinned runtime requirements (given explicitly: MLflow's inference would load the model again)."""
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "timm", "safetensors", "numpy", "pluto-platform")]
+
+
+def gate(
+    tracking_uri: str, name: str, version: int, *, min_margin: float, log_path: Path
+) -> GateDecision:
+    """Compare `version` with the champion; promote it when the gate allows. Decision tagged on it."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    candidate = ModelRecord.from_version(client.get_model_version(name, str(version)))
+    champ_version = current_version(client, name, CHAMPION)
+    champion = None
+    if champ_version is not None and champ_version != version:
+        champion = ModelRecord.from_version(client.get_model_version(name, str(champ_version))).scores
+    decision = decide(candidate.scores, champion, min_margin)
+    client.set_model_version_tag(name, str(version), TAG_GATE, json.dumps(decision.to_dict()))
+    if decision.promote and champ_version != version:
+        promote(tracking_uri, name, version, why=f"gate: {decision.summary}", who="gate", log_path=log_path)
+    else:
+        log.info("%s v%s not promoted: %s", name, version, "; ".join(decision.reasons) or "already champion")
+    return decision
