@@ -83,9 +83,9 @@ class TilingSettings(_Section):
     mode: Literal["grid", "sample"] = "grid"
     regions_per_slide: int = Field(300, ge=1)  # sample mode: 165M regions / 551,164 WSIs
     min_tissue: float = Field(0.4, ge=0, le=1)  # Midnight: foreground area >= 40%
-    max_pen: float = Field(0.05, ge=0, le=1)
-    max_fold: float = Field(0.1, ge=0, le=1)
-    max_bubble: float = Field(0.1, ge=0, le=1)
+    max_pen: float = Field(0.1, ge=0, le=1)  # artifact area fractions, as QCParams
+    max_fold: float = Field(0.25, ge=0, le=1)
+    max_bubble: float = Field(0.25, ge=0, le=1)
     shard_rows: int = Field(1_000_000, ge=1)
 
 
@@ -100,6 +100,22 @@ class S3Settings(_Section):
 class MLflowSettings(_Section):
     tracking_uri: str = "http://127.0.0.1:5000"
     experiment: str = "pluto"
+
+
+class ChainSettings(_Section):
+    """Retraining chain: data versions (DVC remote), fan-out engine, registry gate, checkpoint store."""
+
+    dvc_remote: str = "s3://pluto-data/dvc"  # DVC remote; endpoint from s3.endpoint_url
+    checkpoint_store: str = "s3://pluto-artifacts/checkpoints"  # full training checkpoints (multipart)
+    multipart_chunk_mb: int = Field(64, ge=5)  # S3 minimum part size is 5 MiB
+    dask_address: str | None = None  # existing Dask scheduler (tcp://...); None = LocalCluster on 127.0.0.1
+    dask_workers: int = Field(2, ge=1)
+    fanout_batch_slides: int = Field(16, ge=1)  # slides per fan-out task (one catalog/QC/tiling call)
+    task_retries: int = Field(3, ge=0)  # I/O tasks; exponential backoff from retry_delay_s
+    retry_delay_s: float = Field(2.0, ge=0)
+    gate_min_margin: float = Field(0.01, ge=0)  # per-task drop allowed, raised to the seed spread
+    warm_start: str = Field("champion", pattern="^(champion|none)$")
+    embedding_mode: str = Field("cls", pattern="^(cls|cls\\+mean)$")
 
 
 class Settings(BaseSettings):
@@ -119,6 +135,7 @@ class Settings(BaseSettings):
     tiling: TilingSettings = TilingSettings()
     s3: S3Settings = S3Settings()
     mlflow: MLflowSettings = MLflowSettings()
+    chain: ChainSettings = ChainSettings()
 
     @classmethod
     def settings_customise_sources(
