@@ -106,7 +106,11 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> nn.
         raise CheckpointError(f"{weights}: sha256 {digest[:12]} does not match config.json ({str(config.get('weights_sha256'))[:12]})")
     kwargs = dict(config["kwargs"])
     kwargs["patch_sizes"] = tuple(kwargs["patch_sizes"])
-    cfg = {k: v for k, v in config["pretrained_cfg"].items() if k not in ("architecture", "tag")}
+    cfg = {  # JSON turned timm's tuples (input_size, mean, std) into lists
+        k: tuple(v) if isinstance(v, list) else v
+        for k, v in config["pretrained_cfg"].items()
+        if k not in ("architecture", "tag")
+    }
     model = timm.create_model(config["arch"], pretrained=False, pretrained_cfg_overlay=cfg, **kwargs)
     try:
         model.load_state_dict(load_file(str(weights), device=str(device)))

@@ -1,0 +1,53 @@
+"""FlexiViT patch embedding: the per-size kernels are timm's PI-resize of the one base kernel."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from timm.layers import resample_patch_embed
+
+
+@pytest.mark.parametrize("patch_size", [8, 32])
+def test_kernel_reproduces_timm_resample_patch_embed(patch_size):
+    torch.manual_seed(0)
+    pe = timm.create_model("pluto_4s").patch_embed
+    expected = resample_patch_embed(pe.proj.weight.detach(), [patch_size, patch_size])
+    got = pe.kernel(patch_size).detach()
+    assert got.shape == (384, 3, patch_size, patch_size)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert torch.equal(pe.kernel(16), pe.proj.weight)  # the base size is the base kernel itself
+
+
+def test_pi_resize_keeps_tokens_of_upsampled_patches():
+    """FlexiViT's guarantee: a 16 px patch upsampled to 32 px gives the same token at patch 32."""
+    torch.manual_seed(0)
+    pe = timm.create_model("pluto_4s").patch_embed
+    patches = torch.randn(4, 3, 16, 16)
+    up = F.interpolate(patches, size=(32, 32), mode="bicubic", antialias=True, align_corners=False)
+    with torch.no_grad():
+        t16, grid16 = pe(patches, 16)
+        t32, grid32 = pe(up, 32)
+    assert grid16 == grid32 == (1, 1)
+    torch.testing.assert_close(t32, t16, rtol=1e-4, atol=1e-4)
+
+
+def test_gradients_reach_the_base_kernel_from_every_patch_size():
+    pe = timm.create_model("pluto_4s").patch_embed
+    for p in (8, 16, 32):
+        pe.zero_grad()
+        tokens, _ = pe(torch.randn(1, 3, 64, 64), p)
+        tokens.square().mean().backward()
+        assert pe.proj.weight.grad is not None and pe.proj.weight.grad.abs().sum() > 0
+
+
+def test_indivisible_image_is_refused_or_padded():
+    s = timm.create_model("pluto_4s")
+    with pytest.raises(ValueError, match="not divisible by patch size 32"):
+        s.forward_features(torch.randn(1, 3, 112, 112), patch_size=32)
+    with pytest.raises(ValueError, match="patch size 12 not in"):
+        s.forward_features(torch.randn(1, 3, 96, 96), patch_size=12)
+    tiny = timm.create_model("pluto_tiny")  # demo crops 112/48 px at patch 32: padded bottom/right
+    assert tiny.grid_size(112, 112, 32) == (4, 4) and tiny.grid_size(48, 48, 32) == (2, 2)
+    assert tiny.forward_features(torch.randn(1, 3, 48, 48), patch_size=32).shape == (1, 5 + 4, 96)
