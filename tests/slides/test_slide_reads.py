@@ -1,0 +1,99 @@
+"""Reads at a physical resolution, checked against an area-resized level-0 reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import area_reference
+
+from pluto.errors import PlutoError
+from pluto.slides import best_level, open_slide, plan_read, read_thumbnail, read_tile
+
+TILE_PX = 224
+
+
+def _mae(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - b).mean())
+
+
+@pytest.mark.parametrize("mpp, level", [(0.25, 0), (0.5, 1), (1.0, 2), (2.0, 3)])
+@pytest.mark.parametrize("x_l0, y_l0", [(400, 800), (1000, 1200), (1992, 2740)])  # the last runs off the edge
+def test_read_matches_level0_reference(pyramids: dict[str, Path], mpp: float, level: int, x_l0: int, y_l0: int) -> None:
+    """Odd-sized lossless pyramid: the read equals the level-0 box reference, and not its one-pixel shift."""
+    with open_slide(pyramids["odd"]) as h:
+        level0 = h.read_level(0, 0, 0, h.info.width, h.info.height)
+        req = plan_read(h.info, x_l0, y_l0, mpp, TILE_PX)
+        assert req.level == level
+        tile = read_tile(h, x_l0, y_l0, mpp, TILE_PX)
+    assert tile.shape == (TILE_PX, TILE_PX, 3) and tile.dtype == np.uint8
+    size_l0 = round(TILE_PX * mpp / 0.25)
+    ds = 2**level
+    err = _mae(tile, area_reference(level0, x_l0, y_l0, size_l0, TILE_PX))
+    assert err < 0.5  # only the rounding of chained box averages
+    if level > 0 and x_l0 < 1500:  # on tissue, a reader one level pixel off is measurably worse
+        for dx, dy in ((ds, 0), (0, ds)):
+            shifted = area_reference(level0, x_l0 + dx, y_l0 + dy, size_l0, TILE_PX)
+            assert _mae(tile, shifted) > err + 1.0
+
+
+def test_ratio3_pyramid_and_snapping(pyramids: dict[str, Path]) -> None:
+    with open_slide(pyramids["ratio3"]) as h:
+        level0 = h.read_level(0, 0, 0, h.info.width, h.info.height)
+        req = plan_read(h.info, 901, 1199, 0.75, TILE_PX)  # level 1 (x3), start snapped to the level grid
+        assert (req.level, req.x_lv, req.y_lv, req.read_px) == (1, 300, 400, 224)
+        tile = read_tile(h, 900, 1200, 0.75, TILE_PX)
+        assert _mae(tile, area_reference(level0, 900, 1200, 672, TILE_PX)) < 0.5
+        between = read_tile(h, 900, 1200, 1.5, TILE_PX)  # 1.5 um/px: level 1 (0.75) read at 448 px, resized
+        assert plan_read(h.info, 900, 1200, 1.5, TILE_PX).read_px == 448
+        assert _mae(between, area_reference(level0, 900, 1200, 1344, TILE_PX)) < 0.5
+
+
+def test_jpeg_pyramid_close_to_reference(pyramids: dict[str, Path]) -> None:
+    with open_slide(pyramids["jpeg"]) as h:
+        level0 = h.read_level(0, 0, 0, h.info.width, h.info.height)
+        for mpp in (0.5, 1.0):
+            tile = read_tile(h, 512, 1024, mpp, TILE_PX)
+            ref = area_reference(level0, 512, 1024, round(TILE_PX * mpp / 0.25), TILE_PX)
+            assert _mae(tile, ref) < 6.0  # JPEG q90 noise of each level
+
+
+def test_direct_reads_equal_openslide_on_exact_levels(cmu_svs: Path, pyramids: dict[str, Path]) -> None:
+    with open_slide(cmu_svs) as h:
+        assert h.direct
+        a = h.read_level(0, 100, 200, 300, 250)
+        b = h.read_level_openslide(0, 100, 200, 300, 250)
+        assert a.shape == (250, 300, 3) and np.array_equal(a, b)
+    with open_slide(pyramids["ratio3"]) as h:  # downsample exactly 3: OpenSlide is not resampling
+        assert np.array_equal(h.read_level(1, 50, 60, 200, 200), h.read_level_openslide(1, 50, 60, 200, 200))
+
+
+def test_real_svs_tiles(cmu_svs: Path, cmu_rgb: np.ndarray) -> None:
+    native = read_tile(cmu_svs, 600, 900, 0.499, TILE_PX)
+    assert np.array_equal(native, cmu_rgb[900:1124, 600:824])
+    coarse = read_tile(cmu_svs, 600, 900, 1.0, TILE_PX)  # single level: 449 px of level 0 area-resized
+    assert _mae(coarse, area_reference(cmu_rgb, 600, 900, round(TILE_PX * 1.0 / 0.499), TILE_PX)) < 0.5
+    edge = read_tile(cmu_svs, 2100, 2900, 0.5, TILE_PX)  # past the slide edge: white
+    assert (edge[-50:, -50:] == 255).all()
+
+
+def test_never_upsamples_beyond_tolerance(cmu_svs: Path, pyramids: dict[str, Path]) -> None:
+    with pytest.raises(PlutoError, match="refusing to upsample"):
+        read_tile(cmu_svs, 0, 0, 0.25, TILE_PX)
+    assert read_tile(cmu_svs, 0, 0, 0.45, TILE_PX).shape == (TILE_PX, TILE_PX, 3)  # within 15%
+    with open_slide(pyramids["odd"]) as h:
+        assert best_level(h.info, 0.5) == 1
+        assert best_level(h.info, 0.56) == 1  # 1.0 um/px level would be 0.44 too coarse
+        assert best_level(h.info, 0.9) == 2  # 1.0 is within 15% of 0.9
+        with pytest.raises(PlutoError):
+            best_level(h.info, 0.2)
+
+
+def test_thumbnail(cmu_svs: Path, pyramids: dict[str, Path]) -> None:
+    thumb, ds = read_thumbnail(cmu_svs, 8.0)
+    assert thumb.shape == (185, 138, 3)
+    assert ds == pytest.approx(2220 / 138)
+    thumb, ds = read_thumbnail(pyramids["odd"], 2.0)  # served by level 3 without resizing
+    assert thumb.shape == (371, 277, 3) or thumb.shape == (371, 278, 3)
+    assert ds == pytest.approx(8.0, rel=0.01)
