@@ -122,6 +122,43 @@ def ingest_cmd(
     )
 
 
+@app.command("qc")
+def qc_cmd(
+    ctx: typer.Context,
+    work: Optional[Path] = typer.Option(None, "--work", help="Work dir: reads catalog.parquet, writes qc/."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Slides processed in parallel."),
+    detector: Optional[str] = typer.Option(None, "--detector", help="Artifact detector, 'package.module:callable'."),
+) -> None:
+    """Tissue masks, artifact masks and per-cell QC scores for every ok slide (DIR/qc)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pluto.qc import run_qc
+
+    s = settings_from(ctx, paths={"work_dir": work} if work else None,
+                      qc={k: v for k, v in {"workers": workers, "detector": detector}.items() if v is not None})
+    columns = (TextColumn("qc"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("", total=None)
+        summary = run_qc(s.paths.catalog, s.paths.qc_dir, params=s.qc, mpp_range=(s.slides.mpp_min, s.slides.mpp_max),
+                         on_progress=lambda done, total: progress.update(task, completed=done, total=total))
+    for rec in summary[summary["status"] != "ok"].itertuples():
+        typer.echo(f"flagged {rec.slide_id[:12]}: {rec.status} ({rec.detail})")
+    typer.echo(f"{len(summary)} slides QC'd, {int((summary['status'] != 'ok').sum())} flagged, "
+               f"{int(summary['n_keep'].sum())} cells kept -> {s.paths.qc_dir}")
+
+
+@app.command("report")
+def report_cmd(
+    ctx: typer.Context,
+    work: Optional[Path] = typer.Option(None, "--work", help="Work dir: reads qc/ and catalog.parquet, writes qc/report.html."),
+) -> None:
+    """Write the cohort QC report (self-contained HTML) and print its path."""
+    from pluto.qc import write_report
+
+    s = settings_from(ctx, paths={"work_dir": work} if work else None)
+    typer.echo(str(write_report(s.paths.qc_dir, s.paths.catalog)))
+
+
 def main() -> None:
     try:
         app()

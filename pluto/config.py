@@ -27,6 +27,7 @@ from pydantic_settings import (
 )
 
 from pluto.errors import ConfigError
+from pluto.qc.params import QCParams
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,6 +133,7 @@ class Settings(BaseSettings):
     paths: PathSettings = PathSettings()
     slides: SlideSettings = SlideSettings()
     ingest: IngestSettings = IngestSettings()
+    qc: QCParams = QCParams()  # frozen dataclass shared with pluto.qc (see pluto/qc/params.py)
     tiling: TilingSettings = TilingSettings()
     s3: S3Settings = S3Settings()
     mlflow: MLflowSettings = MLflowSettings()
