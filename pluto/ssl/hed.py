@@ -1,0 +1,40 @@
+"""HED stain augmentation: random scale and shift of each stain's concentration.
+
+Midnight (Karasikov et al. 2025, §2) applies "color augmentations in the Hematoxylin-Eosin-DAB
+(HED) space [Tellez et al. 2019]". Colour deconvolution (Ruifrok & Johnston 2001) maps optical
+density OD = -log(I) (I in (0, 1]) to stain concentrations C = OD @ inv(M), M the stain matrix
+below (rows: H, E, DAB OD vectors, the values scikit-image's `rgb_from_hed` uses). Tellez's
+perturbation C' = C * alpha + beta with alpha ~ U(1 - s, 1 + s), beta ~ U(-s, s) per stain is
+linear, so it folds into one 3x3 map of OD: OD' = OD @ (inv(M) diag(alpha) M) + beta @ M, and the
+whole augmentation is a log, a (3x3) matmul and an exp per pixel. Concentrations are not clipped
+at zero (scikit-image does), which is what makes strength 0 an exact identity.
+"""
+
+from __future__ import annotations
+
+import torch
+
+RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64)
+HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
+_MIN_INTENSITY = 1e-6  # keeps log finite for black pixels; scikit-image uses the same floor
+
+
+def hed_perturbation(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3,) stain scales and shifts -> (A (3, 3), b (3,)) with OD' = OD @ A + b, in float32."""
+    a = HED_FROM_RGB @ torch.diag(alpha.double()) @ RGB_FROM_HED
+    b = beta.double() @ RGB_FROM_HED
+    return a.float(), b.float()
+
+
+def hed_jitter(img: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Float RGB image (3, H, W) in [0, 1] -> stain-perturbed image in [0, 1], same shape."""
+    a, b = hed_perturbation(alpha, beta)
+    od = -torch.log(img.clamp_min(_MIN_INTENSITY))
+    od = torch.addmm(b.view(3, 1), a.t(), od.reshape(3, -1)).view_as(img)
+    return torch.exp_(od.neg_()).clamp_(0.0, 1.0)
+
+
+def sample_hed_factors(strength: float, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tellez et al. 2019 HED jitter draws: alpha ~ U(1 - s, 1 + s), beta ~ U(-s, s), one per stain."""
+    u = torch.rand(2, 3, generator=generator, dtype=torch.float64) * 2 - 1
+    return 1 + strength * u[0], strength * u[1]
