@@ -106,6 +106,7 @@ class MLflowSettings(_Section):
 class ChainSettings(_Section):
     """Retraining chain: data versions (DVC remote), fan-out engine, registry gate, checkpoint store."""
 
+    ingest_prefix: str | None = None  # folder or s3:// prefix watched for slides; None = <data_root>/wsi
     dvc_remote: str = "s3://pluto-data/dvc"  # DVC remote; endpoint from s3.endpoint_url
     checkpoint_store: str = "s3://pluto-artifacts/checkpoints"  # full training checkpoints (multipart)
     multipart_chunk_mb: int = Field(64, ge=5)  # S3 minimum part size is 5 MiB

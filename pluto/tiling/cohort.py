@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["grid", "sample"]
 QC_COLUMNS = ("tissue_frac", "pen_frac", "fold_frac", "bubble_frac")
+CELL_FILTER_REJECTS = ("pen", "fold", "bubble", "blur", "hsv")  # QC cell reasons that veto a tile
 SUMMARY_COLUMNS = (
     "slide_id", "path", "mpp", "tile_px", "native_mpp", "level", "read_px",
     "n_candidates", "n_tiles", "n_regions", "reason", "detail", "slide_status",
@@ -50,21 +51,25 @@ SUMMARY_COLUMNS = (
 @dataclass(frozen=True)
 class TileFilter:
     """QC thresholds a tile must pass. min_tissue 0.4 is Midnight's foreground rule ("foreground
-    area threshold set to 40%"); artifacts are fractions of the tile's area."""
+    area threshold set to 40%"); artifact maxima are fractions of the tile's area, the same
+    defaults as the QC cell filter (pluto.qc.QCParams)."""
 
     min_tissue: float = 0.4
-    max_pen: float = 0.05
-    max_fold: float = 0.1
-    max_bubble: float = 0.1
+    max_pen: float = 0.1
+    max_fold: float = 0.25
+    max_bubble: float = 0.25
 
     def passes(self, scores: pd.DataFrame) -> np.ndarray:
-        """Bool per scored box (columns of SlideQC.score_boxes): fractions in range and cell kept."""
+        """Bool per scored box (columns of SlideQC.score_boxes): fractions in range, and the QC
+        cell at the tile's centre not rejected by a pixel filter. A centre cell dropped only for
+        too little tissue does not veto the tile: the tile's own tissue_frac (exact, over its
+        whole area) decides that, which matters for 2.0 um/px tiles spanning dozens of cells."""
         return (
             (scores["tissue_frac"].to_numpy() >= self.min_tissue)
             & (scores["pen_frac"].to_numpy() <= self.max_pen)
             & (scores["fold_frac"].to_numpy() <= self.max_fold)
             & (scores["bubble_frac"].to_numpy() <= self.max_bubble)
-            & scores["cell_keep"].to_numpy(dtype=bool)
+            & (scores["cell_keep"].to_numpy(dtype=bool) | ~scores["cell_reason"].isin(CELL_FILTER_REJECTS).to_numpy())
         )
 
     def to_dict(self) -> dict[str, float]:
@@ -207,9 +212,9 @@ def tile_cohort(
     mode: Mode = "grid",
     regions_per_slide: int = 300,
     min_tissue: float = 0.4,
-    max_pen: float = 0.05,
-    max_fold: float = 0.1,
-    max_bubble: float = 0.1,
+    max_pen: float = 0.1,
+    max_fold: float = 0.25,
+    max_bubble: float = 0.25,
     shard_rows: int = 1_000_000,
     seed: int = 0,
     rel_tol: float = MPP_REL_TOL,
@@ -236,10 +241,9 @@ def tile_cohort(
     if not specs:
         raise PlutoError(f"{out_dir}: no tile specs (mpps={list(mpps)}, tile_pxs={list(tile_pxs)})")
     tile_filter = TileFilter(min_tissue, max_pen, max_fold, max_bubble)
-    gate = lambda df: validate_manifest(df.drop(columns=["mpp_override"]))  # noqa: E731
     tmp = staging_dir(out_dir)
     try:
-        writer = ShardWriter(tmp, shard_rows, gate)
+        writer = ShardWriter(tmp, shard_rows, validate_manifest)
         summary: list[dict] = []
         qc_hash = hashlib.sha256()
         region_offset = 0
