@@ -8,11 +8,17 @@ import torch
 import torch.nn.functional as F
 from timm.layers import resample_patch_embed
 
+from pluto.models import FlexiPatchEmbed
+
+
+def _pluto_4s_patch_embed() -> FlexiPatchEmbed:
+    torch.manual_seed(0)
+    return FlexiPatchEmbed(base_patch_size=16, patch_sizes=(8, 16, 32), embed_dim=384)
+
 
 @pytest.mark.parametrize("patch_size", [8, 32])
 def test_kernel_reproduces_timm_resample_patch_embed(patch_size):
-    torch.manual_seed(0)
-    pe = timm.create_model("pluto_4s").patch_embed
+    pe = _pluto_4s_patch_embed()
     expected = resample_patch_embed(pe.proj.weight.detach(), [patch_size, patch_size])
     got = pe.kernel(patch_size).detach()
     assert got.shape == (384, 3, patch_size, patch_size)
@@ -22,8 +28,7 @@ def test_kernel_reproduces_timm_resample_patch_embed(patch_size):
 
 def test_pi_resize_keeps_tokens_of_upsampled_patches():
     """FlexiViT's guarantee: a 16 px patch upsampled to 32 px gives the same token at patch 32."""
-    torch.manual_seed(0)
-    pe = timm.create_model("pluto_4s").patch_embed
+    pe = _pluto_4s_patch_embed()
     patches = torch.randn(4, 3, 16, 16)
     up = F.interpolate(patches, size=(32, 32), mode="bicubic", antialias=True, align_corners=False)
     with torch.no_grad():
@@ -34,7 +39,7 @@ def test_pi_resize_keeps_tokens_of_upsampled_patches():
 
 
 def test_gradients_reach_the_base_kernel_from_every_patch_size():
-    pe = timm.create_model("pluto_4s").patch_embed
+    pe = _pluto_4s_patch_embed()
     for p in (8, 16, 32):
         pe.zero_grad()
         tokens, _ = pe(torch.randn(1, 3, 64, 64), p)
