@@ -7,6 +7,10 @@ per slide spread over usable tissue, each region drawing one tile size and getti
 target mpp centred on it, so tiles/region ~= number of mpps (640M / 165M ~= 3.9) and a cohort's
 manifest size is ~ n_slides * regions_per_slide * len(mpps), whatever the slide sizes.
 A resolution is never upsampled: specs finer than a slide's native mpp are skipped and recorded.
+
+tiling_summary.parquet `reason` per slide x spec: "" (tiles written), "upsample", "larger_than_slide",
+"no_tiles" (no tile passed QC), "no_qc" (no QC output for the slide) or a QuarantineReason when
+the slide cannot be opened; `slide_status` is "flagged: <reason>" when the slide got no tile at all.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -37,6 +41,9 @@ from pluto.tiling.manifest import (
 )
 from pluto.tiling.sampling import sample_regions
 
+if TYPE_CHECKING:
+    from pluto.qc import SlideQC
+
 log = logging.getLogger(__name__)
 
 Mode = Literal["grid", "sample"]
@@ -44,7 +51,7 @@ QC_COLUMNS = ("tissue_frac", "pen_frac", "fold_frac", "bubble_frac")
 CELL_FILTER_REJECTS = ("pen", "fold", "bubble", "blur", "hsv")  # QC cell reasons that veto a tile
 SUMMARY_COLUMNS = (
     "slide_id", "path", "mpp", "tile_px", "native_mpp", "level", "read_px",
-    "n_candidates", "n_tiles", "n_regions", "reason", "detail", "slide_status",
+    "n_candidates", "n_tiles", "reason", "detail", "slide_status",
 )
 
 
@@ -81,7 +88,7 @@ def slide_seed(seed: int, slide_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"pluto-regions:{seed}:{slide_id}".encode()).digest()[:8], "little")
 
 
-def usable_mask(qc) -> np.ndarray:
+def usable_mask(qc: SlideQC) -> np.ndarray:
     """Tissue without pen, fold or bubble: where region centres may fall."""
     m = qc.masks
     return m["tissue"] & ~m["pen"] & ~m["fold"] & ~m["bubble"]
@@ -116,7 +123,7 @@ class SlideTiles:
 def tile_slide(
     slide_id: str,
     info: SlideInfo,
-    qc,
+    qc: SlideQC,
     specs: Sequence[TileSpec],
     *,
     mode: Mode,
@@ -137,7 +144,7 @@ def tile_slide(
             plans[spec] = plan
         else:
             summary.append({**base, "mpp": spec.mpp, "tile_px": spec.tile_px, "level": -1, "read_px": 0,
-                            "n_candidates": 0, "n_tiles": 0, "n_regions": 0, "reason": plan[0], "detail": plan[1]})
+                            "n_candidates": 0, "n_tiles": 0, "reason": plan[0], "detail": plan[1]})
     parts: list[pd.DataFrame] = []
     counts: dict[TileSpec, tuple[int, int]] = {}
     if mode == "grid":
@@ -169,9 +176,8 @@ def tile_slide(
     rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     for spec, plan in plans.items():
         n_cand, n_tiles = counts[spec]
-        n_regions = int(rows.loc[(rows["mpp"] == spec.mpp) & (rows["tile_px"] == spec.tile_px), "region_id"].nunique()) if n_tiles else 0
         summary.append({**base, "mpp": spec.mpp, "tile_px": spec.tile_px, "level": plan.level, "read_px": plan.read_px,
-                        "n_candidates": n_cand, "n_tiles": n_tiles, "n_regions": n_regions,
+                        "n_candidates": n_cand, "n_tiles": n_tiles,
                         "reason": "" if n_tiles else QuarantineReason.no_tiles.value, "detail": ""})
     status = "ok" if len(rows) else f"flagged: {QuarantineReason.no_tiles.value}"
     for s in summary:
@@ -179,7 +185,7 @@ def tile_slide(
     return SlideTiles(rows, summary)
 
 
-def _qc_digest(qc) -> str:
+def _qc_digest(qc: SlideQC) -> str:
     h = hashlib.sha256(f"{qc.slide_id}:{qc.downsample!r}".encode())
     for name in sorted(qc.masks):
         h.update(name.encode())
@@ -192,7 +198,7 @@ def _qc_digest(qc) -> str:
 def _skipped(slide_id: str, path: str, specs: Sequence[TileSpec], reason: str, detail: str) -> list[dict]:
     return [
         {"slide_id": slide_id, "path": path, "mpp": s.mpp, "tile_px": s.tile_px, "native_mpp": np.nan,
-         "level": -1, "read_px": 0, "n_candidates": 0, "n_tiles": 0, "n_regions": 0,
+         "level": -1, "read_px": 0, "n_candidates": 0, "n_tiles": 0,
          "reason": reason, "detail": detail, "slide_status": f"flagged: {reason}"}
         for s in specs
     ]

@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from pluto.errors import PlutoError
-
-log = logging.getLogger(__name__)
 
 MANIFEST_DTYPES: dict[str, str] = {
     "slide_id": "object",

@@ -33,8 +33,8 @@ def _mix(z: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def _round_keys(seed: int, epoch: int) -> tuple[int, ...]:
-    blob = hashlib.sha256(f"pluto-order:{seed}:{epoch}".encode()).digest()
-    return tuple(int.from_bytes(blob[4 * i : 4 * i + 8], "little") for i in range(_ROUNDS))
+    blob = hashlib.blake2b(f"pluto-order:{seed}:{epoch}".encode(), digest_size=8 * _ROUNDS).digest()
+    return tuple(int.from_bytes(blob[8 * i : 8 * i + 8], "little") for i in range(_ROUNDS))
 
 
 def permute(rows: np.ndarray, n: int, seed: int, epoch: int) -> np.ndarray:
