@@ -77,6 +77,7 @@ class PlutoViT(nn.Module):
         self.num_reg_tokens = num_reg_tokens
         self.num_prefix_tokens = 1 + num_reg_tokens
         self.grad_checkpointing = False
+        self._rope_cache: dict[tuple[tuple[int, int], torch.device], torch.Tensor] = {}
 
         self.patch_embed = FlexiPatchEmbed(
             base_patch_size or patch_size, patch_sizes, in_chans, embed_dim, dynamic_img_pad
@@ -157,6 +158,20 @@ class PlutoViT(nn.Module):
         """Patch-token grid (rows, cols) for an image size; N = rows * cols is the masks' width."""
         return self.patch_embed.grid_size(height_px, width_px, patch_size or self.patch_size)
 
+    def _rope_embed(self, grid: tuple[int, int]) -> torch.Tensor:
+        """(rows*cols, 2*head_dim) sin/cos table; cached per grid unless coordinates are augmented.
+
+        The cache is a plain dict (derived state: not saved, not broadcast by DDP), keyed by device,
+        and built outside inference mode so a table made during evaluation can serve training.
+        """
+        if self.training and self.rope.aug_active:
+            return self.rope.get_embed(list(grid))
+        key = (grid, self.rope.periods.device)
+        if key not in self._rope_cache:
+            with torch.inference_mode(False):
+                self._rope_cache[key] = self.rope.get_embed(list(grid))
+        return self._rope_cache[key]
+
     def forward_features(
         self, x: torch.Tensor, patch_size: int | None = None, masks: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -172,7 +187,7 @@ class PlutoViT(nn.Module):
         if self.reg_token is not None:
             prefix.append(self.reg_token.expand(x.shape[0], -1, -1))
         x = torch.cat([*prefix, x], dim=1)
-        rope = self.rope.get_embed(list(grid))
+        rope = self._rope_embed(grid)
         for blk in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x = checkpoint(blk, x, rope, use_reentrant=False)

@@ -96,3 +96,11 @@ def test_masks_replace_patch_tokens_with_the_mask_token(tiny, images):
     out = tiny.forward_features(images, masks=some)
     out[0].sum().backward()
     assert tiny.mask_token.grad.abs().sum() > 0  # the mask token is learned
+
+
+def test_training_after_inference_mode_evaluation(tiny, images):
+    with torch.inference_mode():
+        tiny.forward_features(images)
+    tiny.train()
+    tiny.forward_features(images).square().mean().backward()
+    assert tiny.cls_token.grad is not None
