@@ -28,6 +28,40 @@ BUCKET_CAP_MB = {"pluto_4g": 360, "pluto_4s": 25, "pluto_tiny": 1}
 
 
 @dataclass(frozen=True)
+class ClusterSpec:
+    """Where and how a launcher runs the job; not part of the model's identity (resume ignores it).
+
+    Defaults are PLUTO-4's cluster (§3.3): 4 nodes x 8 H200, NVLink inside a node, InfiniBand with
+    GPUDirect RDMA between nodes. `storage` is the shared mount (PVC / parallel file system) that
+    holds the data, the run directory and its checkpoints on every node.
+    """
+
+    job_name: str = "pluto-pretrain"
+    nodes: int = 4
+    gpus_per_node: int = 8
+    gpu_memory_gb: float = 141.0  # H200
+    cpus_per_gpu: int = 12
+    max_restarts: int = 3  # torchrun --max-restarts: elastic restarts resume from the last checkpoint
+    rdzv_port: int = 29500
+    image: str = "ghcr.io/pluto-platform/pluto:latest"
+    namespace: str = "default"
+    storage: str = "/shared"
+    pvc: str = "pluto-shared"
+    rdma_resource: str = "rdma/rdma_shared_device_a"
+    s3_secret: str = ""  # Kubernetes secret with AWS_* variables, when data/checkpoints live on S3
+    partition: str = "gpu"
+    time_limit: str = "72:00:00"
+    setup: str = "source .venv/bin/activate"  # Slurm: shell line that makes `torchrun` and pluto available
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One pretraining run. Paths are strings so the object stays JSON-able (saved in checkpoints)."""
 
@@ -60,10 +94,13 @@ class TrainConfig:
     run_name: str = ""
     peak_tflops: float | None = None  # per-GPU dense bf16 peak for MFU; None: from the device name
     gpu_memory_gb: float | None = None  # per-GPU memory for the preflight; None: query the device
+    cluster: ClusterSpec = field(default_factory=ClusterSpec)
 
     def __post_init__(self) -> None:
         if isinstance(self.ssl, dict):
             object.__setattr__(self, "ssl", SSLConfig.from_dict(self.ssl))
+        if isinstance(self.cluster, dict):
+            object.__setattr__(self, "cluster", ClusterSpec(**self.cluster))
 
     @property
     def resolved_bucket_cap_mb(self) -> int:

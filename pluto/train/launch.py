@@ -1,0 +1,274 @@
+"""Start pretraining locally (torchrun), on Slurm (sbatch) or on Kubernetes (Kubeflow PyTorchJob).
+
+Every launcher runs the same entry point, `torchrun ... -m pluto.train <run_dir>/train_config.json`,
+with c10d rendezvous and `--max-restarts` (elastic restarts resume from the last checkpoint). The
+cluster files are rendered from `deploy/` templates and the same TrainConfig, and checked by the
+preflight (memory per GPU at the cluster's GPU size) before anything is submitted. A launcher's
+`submit` returns a job id; `status`/`wait` follow it; `find(cfg)` (by job name) lets a restarted flow
+re-attach to a job that is still running instead of launching a second one (`launch` does this).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from string import Template
+
+from pluto.errors import ConfigError, PlutoError
+from pluto.train.config import TrainConfig
+from pluto.train.preflight import check_config
+
+log = logging.getLogger(__name__)
+
+DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
+LAUNCHERS = ("local", "slurm", "kubeflow")
+FINISHED = ("succeeded", "failed")
+
+
+def write_run_config(cfg: TrainConfig) -> Path:
+    """Save the config every rank loads: `<run_dir>/train_config.json` (atomic)."""
+    path = Path(cfg.run_dir) / "train_config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(cfg.to_json())
+    os.replace(tmp, path)
+    return path
+
+
+def _values(cfg: TrainConfig, config_path: str) -> dict[str, object]:
+    c = cfg.cluster
+    env_from = f"[{{secretRef: {{name: {c.s3_secret}}}}}]" if c.s3_secret else "[]"
+    return {
+        **c.to_dict(), "cpus_per_node": c.cpus_per_gpu * c.gpus_per_node, "workers": c.nodes - 1,
+        "run_dir": cfg.run_dir, "config_path": config_path, "env_from": env_from,
+    }
+
+
+def render_sbatch(cfg: TrainConfig, config_path: str, template_dir: Path = DEPLOY_DIR) -> str:
+    """The Slurm batch script: srun starts one torchrun agent per node (c10d on the first node)."""
+    return Template((template_dir / "slurm" / "pretrain.sbatch.tmpl").read_text()).substitute(_values(cfg, config_path))
+
+
+def render_pytorchjob(cfg: TrainConfig, config_path: str, template_dir: Path = DEPLOY_DIR) -> str:
+    """The Kubeflow PyTorchJob manifest: 1 Master + (nodes - 1) Worker pods, torchrun in each."""
+    return Template((template_dir / "kubeflow" / "pytorchjob.yaml.tmpl").read_text()).substitute(_values(cfg, config_path))
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError as exc:
+        raise PlutoError(f"{cmd[0]}: not found on PATH; is this a login node with the cluster tools?") from exc
+    if out.returncode != 0:
+        raise PlutoError(f"{shlex.join(cmd)} failed ({out.returncode}): {out.stderr.strip()[:500]}")
+    return out.stdout.strip()
+
+
+class Launcher:
+    """submit / status / wait / find. Status is one of pending, running, succeeded, failed, unknown."""
+
+    def submit(self, cfg: TrainConfig) -> str:
+        raise NotImplementedError
+
+    def status(self, job_id: str) -> str:
+        raise NotImplementedError
+
+    def find(self, cfg: TrainConfig) -> str | None:
+        """Id of a live job named `cfg.cluster.job_name`, if any."""
+        raise NotImplementedError
+
+    def wait(self, job_id: str, timeout_s: float = 86400.0, poll_s: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            state = self.status(job_id)
+            if state in FINISHED:
+                return state
+            if time.monotonic() > deadline:
+                raise PlutoError(f"job {job_id}: still {state} after {timeout_s:.0f} s")
+            time.sleep(poll_s)
+
+
+@dataclass
+class LocalLauncher(Launcher):
+    """torchrun on this machine: `nnodes` agents here (several simulate nodes, c10d on 127.0.0.1).
+
+    Job state lives in `<run_dir>/launch/<job_name>.json` (agent pids, rc files), so another
+    process can find and follow the job.
+    """
+
+    nnodes: int = 1
+    nproc_per_node: int = 1
+    host: str = "127.0.0.1"
+
+    def _state_path(self, run_dir: str | Path, job_name: str) -> Path:
+        return Path(run_dir) / "launch" / f"{job_name}.json"
+
+    def commands(self, cfg: TrainConfig, config_path: Path, port: int) -> list[list[str]]:
+        """One torchrun command per simulated node."""
+        base = [
+            sys.executable, "-m", "torch.distributed.run", f"--nnodes={self.nnodes}", f"--nproc-per-node={self.nproc_per_node}",
+            "--rdzv-backend=c10d", f"--rdzv-endpoint={self.host}:{port}", f"--rdzv-id={cfg.cluster.job_name}",
+            f"--max-restarts={cfg.cluster.max_restarts}", "--monitor-interval=1",
+        ]
+        return [base + [f"--local-addr={self.host}", "-m", "pluto.train", str(config_path)] for _ in range(self.nnodes)]
+
+    def submit(self, cfg: TrainConfig) -> str:
+        from pluto.services import free_port
+
+        config_path = write_run_config(cfg)
+        state_path = self._state_path(cfg.run_dir, cfg.cluster.job_name)
+        state_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        agents = []
+        for i, cmd in enumerate(self.commands(cfg, config_path, free_port(self.host))):
+            rc_file = state_path.parent / f"{cfg.cluster.job_name}.node{i}.rc"
+            rc_file.unlink(missing_ok=True)
+            log_file = state_path.parent / f"{cfg.cluster.job_name}.node{i}.log"
+            shell = f"{shlex.join(cmd)}; echo $? > {shlex.quote(str(rc_file))}"
+            with open(log_file, "ab") as fh:
+                proc = subprocess.Popen(["/bin/sh", "-c", shell], stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            agents.append({"pid": proc.pid, "rc_file": str(rc_file), "log": str(log_file)})
+        state_path.write_text(json.dumps({"job_name": cfg.cluster.job_name, "agents": agents}))
+        log.info("local job %s: %d torchrun agent(s) x %d process(es), logs in %s", cfg.cluster.job_name, self.nnodes,
+                 self.nproc_per_node, state_path.parent)
+        return str(state_path)
+
+    def _agents(self, job_id: str) -> list[dict]:
+        return json.loads(Path(job_id).read_text())["agents"]
+
+    def status(self, job_id: str) -> str:
+        if not Path(job_id).is_file():
+            return "unknown"
+        rcs = []
+        for agent in self._agents(job_id):
+            rc_file = Path(agent["rc_file"])
+            if rc_file.is_file() and rc_file.read_text().strip():
+                rcs.append(int(rc_file.read_text()))
+            elif _alive(agent["pid"]):
+                return "running"
+            else:
+                rcs.append(-1)
+        return "succeeded" if all(rc == 0 for rc in rcs) else "failed"
+
+    def find(self, cfg: TrainConfig) -> str | None:
+        state_path = self._state_path(cfg.run_dir, cfg.cluster.job_name)
+        if state_path.is_file() and self.status(str(state_path)) == "running":
+            return str(state_path)
+        return None
+
+    def rank_pids(self, job_id: str) -> list[int]:
+        """Pids of the training processes (children of the torchrun agents), for fault injection."""
+        pids = []
+        for agent in self._agents(job_id):
+            out = subprocess.run(["pgrep", "-P", str(agent["pid"])], capture_output=True, text=True)
+            for agent_pid in out.stdout.split():
+                kids = subprocess.run(["pgrep", "-P", agent_pid], capture_output=True, text=True)
+                pids += [int(p) for p in kids.stdout.split()]
+        return pids
+
+    def cancel(self, job_id: str) -> None:
+        for agent in self._agents(job_id):
+            if _alive(agent["pid"]):
+                os.killpg(agent["pid"], signal.SIGTERM)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SlurmLauncher(Launcher):
+    """sbatch the rendered script (saved as `<run_dir>/pretrain.sbatch`); squeue/sacct for state."""
+
+    def submit(self, cfg: TrainConfig) -> str:
+        config_path = write_run_config(cfg)
+        script = Path(cfg.run_dir) / "pretrain.sbatch"
+        script.write_text(render_sbatch(cfg, str(config_path)))
+        return _run(["sbatch", "--parsable", str(script)]).split(";")[0]
+
+    def status(self, job_id: str) -> str:
+        state = _run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"]).splitlines()
+        raw = state[0].split()[0] if state else "UNKNOWN"
+        return {"PENDING": "pending", "RUNNING": "running", "REQUEUED": "pending", "COMPLETED": "succeeded"}.get(
+            raw, "failed" if raw in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED") else "unknown")
+
+    def find(self, cfg: TrainConfig) -> str | None:
+        ids = _run(["squeue", "--name", cfg.cluster.job_name, "--noheader", "--format", "%i"]).split()
+        return ids[0] if ids else None
+
+
+@dataclass
+class KubeflowLauncher(Launcher):
+    """kubectl apply the rendered PyTorchJob (saved as `<run_dir>/pytorchjob.yaml`); job id = its name."""
+
+    namespace: str = "default"
+
+    def submit(self, cfg: TrainConfig) -> str:
+        config_path = write_run_config(cfg)
+        manifest = Path(cfg.run_dir) / "pytorchjob.yaml"
+        manifest.write_text(render_pytorchjob(cfg, str(config_path)))
+        _run(["kubectl", "apply", "-n", self.namespace, "-f", str(manifest)])
+        return cfg.cluster.job_name
+
+    def status(self, job_id: str) -> str:
+        out = _run(["kubectl", "get", "pytorchjob", job_id, "-n", self.namespace, "-o", "json"])
+        conditions = json.loads(out).get("status", {}).get("conditions", [])
+        current = [c["type"] for c in conditions if c.get("status") == "True"]
+        for kind, state in (("Succeeded", "succeeded"), ("Failed", "failed"), ("Running", "running"), ("Restarting", "running"),
+                            ("Created", "pending")):
+            if kind in current:
+                return state
+        return "unknown"
+
+    def find(self, cfg: TrainConfig) -> str | None:
+        name = cfg.cluster.job_name
+        out = _run(["kubectl", "get", "pytorchjob", "-n", self.namespace, "-o", "name", "--field-selector", f"metadata.name={name}"])
+        return name if out and self.status(name) not in FINISHED else None
+
+
+def make_launcher(kind: str, cfg: TrainConfig, nproc_per_node: int | None = None) -> Launcher:
+    if kind == "local":
+        return LocalLauncher(nnodes=1, nproc_per_node=nproc_per_node or 1)
+    if kind == "slurm":
+        return SlurmLauncher()
+    if kind == "kubeflow":
+        return KubeflowLauncher(namespace=cfg.cluster.namespace)
+    raise ConfigError(f"launcher {kind!r}: choose one of {LAUNCHERS}")
+
+
+def launch(cfg: TrainConfig, kind: str = "local", *, nproc_per_node: int | None = None, wait: bool = True,
+           timeout_s: float = 86400.0) -> tuple[str, str]:
+    """Preflight, then submit (or re-attach to the running job of the same name); returns (job id, state).
+
+    The preflight uses the cluster's world size and GPU memory for slurm/kubeflow, the local
+    process count (and no memory check on CPU) for local runs.
+    """
+    launcher = make_launcher(kind, cfg, nproc_per_node)
+    if kind == "local":
+        world, gpu_bytes = (nproc_per_node or 1), None
+        cfg = replace(cfg, cluster=replace(cfg.cluster, nodes=1, gpus_per_node=world))
+    else:
+        world, gpu_bytes = cfg.cluster.world_size, cfg.cluster.gpu_memory_gb * 1e9
+    check_config(cfg, world, gpu_bytes)
+    existing = launcher.find(cfg)
+    if existing:
+        log.info("job %s already running as %s: re-attaching", cfg.cluster.job_name, existing)
+        job_id = existing
+    else:
+        job_id = launcher.submit(cfg)
+        log.info("submitted %s job %s", kind, job_id)
+    state = launcher.wait(job_id, timeout_s=timeout_s, poll_s=2.0 if kind == "local" else 30.0) if wait else launcher.status(job_id)
+    return job_id, state
