@@ -61,6 +61,7 @@ def write_pyramid(
     buffers: list[str] = []
     try:
         _write_levels(tmp, source, dims, mpp, tile_px, compression, level_ratio, quality, buffers)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a slide is shared data
         os.replace(tmp, path)
     finally:
         for name in [tmp, *buffers]:
