@@ -89,9 +89,20 @@ def slide_seed(seed: int, slide_id: str) -> int:
 
 
 def usable_mask(qc: SlideQC) -> np.ndarray:
-    """Tissue without pen, fold or bubble: where region centres may fall."""
+    """Where region centres may fall (PLUTO-4's "usable tissue"): tissue without pen, fold or
+    bubble, inside QC cells that passed every filter. Same grid as the QC masks."""
     m = qc.masks
-    return m["tissue"] & ~m["pen"] & ~m["fold"] & ~m["bubble"]
+    usable = m["tissue"] & ~m["pen"] & ~m["fold"] & ~m["bubble"]
+    kept = np.zeros_like(usable)
+    cells = qc.cells[qc.cells["keep"].to_numpy(dtype=bool)]
+    ds = qc.downsample
+    x0 = np.floor(cells["x_l0"].to_numpy() / ds).astype(int)
+    y0 = np.floor(cells["y_l0"].to_numpy() / ds).astype(int)
+    x1 = np.ceil((cells["x_l0"] + cells["w_l0"]).to_numpy() / ds).astype(int)
+    y1 = np.ceil((cells["y_l0"] + cells["h_l0"]).to_numpy() / ds).astype(int)
+    for a, b, c, d in zip(x0, y0, x1, y1):
+        kept[b:d, a:c] = True
+    return usable & kept
 
 
 def _rows(slide_id: str, path: str, plan: SpecPlan, origins: np.ndarray, scores: pd.DataFrame,

@@ -125,7 +125,9 @@ def test_sampling_budget_shared_centres_and_one_size_per_region(sample, work_dir
             cx, cy = reg["x_l0"] + fp / 2, reg["y_l0"] + fp / 2
             assert np.ptp(cx) <= ds.max() + 1 and np.ptp(cy) <= ds.max() + 1
     assert m.groupby("region_id")["slide_id"].nunique().max() == 1  # region ids are cohort-unique
-    assert len(m.groupby("region_id").size()) > 12  # both slides contribute regions
+    assert m["slide_id"].nunique() == 2
+    per_slide = m.groupby("slide_id")["region_id"].nunique()
+    assert (per_slide >= 6).all()  # centres on usable tissue: most regions keep at least one tile
     assert (m["mpp"] >= 0.5).all()
 
 
