@@ -58,20 +58,25 @@ def _as_image(batch: np.ndarray) -> np.ndarray:
 def hsv_fraction(tiles: np.ndarray, hsv_range: HSVRange = HSVRange()) -> np.ndarray:
     """Fraction of pixels of each tile inside `hsv_range` (float64 array of length N)."""
     batch = _batch(tiles)
-    n = batch.shape[0]
+    n, h, w, _ = batch.shape
     hsv = cv2.cvtColor(_as_image(batch), cv2.COLOR_RGB2HSV)
     lo = (hsv_range.h_min, hsv_range.s_min, hsv_range.v_min)
     hi = (min(hsv_range.h_max, 255), hsv_range.s_max, hsv_range.v_max)
-    inside = cv2.inRange(hsv, lo, hi)
-    return inside.reshape(n, -1).mean(axis=1) / 255.0
+    inside = cv2.inRange(hsv, lo, hi).reshape(n, h, w)
+    return np.array([cv2.countNonZero(m) for m in inside], dtype=np.float64) / (h * w)
 
 
 def blur_variance(tiles: np.ndarray) -> np.ndarray:
-    """Variance of the Laplacian of each grey tile (float64 array of length N); low = blurred."""
+    """Variance of the 3x3 Laplacian of each grey tile over its interior (float64, length N); low = blurred.
+
+    The Laplacian runs once over the stacked batch; only pixels whose 3x3 neighbourhood lies
+    inside their own tile (rows and columns 1..-2) are counted, so no value crosses the seam
+    between stacked tiles and none depends on border extrapolation.
+    """
     batch = _batch(tiles)
     n, h, w, _ = batch.shape
-    grey = cv2.cvtColor(_as_image(batch), cv2.COLOR_RGB2GRAY).reshape(n, h, w)
-    out = np.empty(n, dtype=np.float64)
-    for i in range(n):  # per tile so no Laplacian crosses the seam between stacked tiles
-        out[i] = cv2.Laplacian(grey[i], cv2.CV_32F).var()
-    return out
+    if h < 3 or w < 3:
+        raise ValueError(f"tiles must be at least 3 x 3 px for a Laplacian, got {h} x {w}")
+    grey = cv2.cvtColor(_as_image(batch), cv2.COLOR_RGB2GRAY)
+    lap = cv2.Laplacian(grey, cv2.CV_16S).reshape(n, h, w)
+    return np.array([cv2.meanStdDev(t[1:-1, 1:-1])[1][0, 0] ** 2 for t in lap], dtype=np.float64)
