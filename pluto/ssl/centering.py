@@ -30,7 +30,9 @@ def sinkhorn_knopp(logits: torch.Tensor, teacher_temp: float, n_iters: int = 3) 
     Alternately normalises prototypes (columns) to equal mass 1/K and samples (rows) to mass
     1/B over the global batch (DINOv2 `sinkhorn_knopp_teacher`, 3 iterations), ending on the rows
     so each sample's target is a distribution. The logits are shifted by their global max before
-    the exp; the first normalisation divides the shift out.
+    the exp (the first normalisation divides the shift out). They are cosine similarities from
+    `DINOHead`, so after the shift exp() is >= exp(-2 / T) = exp(-50) at T = 0.04, far above fp32
+    underflow (~exp(-87)).
     """
     with torch.autocast(device_type=logits.device.type, enabled=False):
         x = logits.float() / teacher_temp

@@ -69,7 +69,8 @@ class MultiCropAugment:
         if tile.ndim != 3 or tile.shape[2] != 3 or tile.dtype != np.uint8 or tile.shape[0] != tile.shape[1]:
             raise PlutoError(f"multi-crop input must be a square uint8 (H, W, 3) tile, got {tile.dtype} {tile.shape}")
         cfg = self.cfg
-        img = torch.from_numpy(np.ascontiguousarray(tile)).permute(2, 0, 1)
+        tile = np.ascontiguousarray(tile) if tile.flags.writeable else tile.copy()  # torch refuses read-only arrays
+        img = torch.from_numpy(tile).permute(2, 0, 1)
         out: dict[str, list] = {k: [] for k in ("global_crops", "local_crops", "global_zoom", "local_zoom")}
         for i in range(cfg.n_global_crops):
             blur_p = cfg.blur_p[0] if i == 0 else cfg.blur_p[1]
@@ -77,7 +78,11 @@ class MultiCropAugment:
             self._view(img, "global", cfg.global_crop_px, cfg.global_crop_scale, blur_p, solarize_p, out, generator)
         for _ in range(cfg.n_local_crops):
             self._view(img, "local", cfg.local_crop_px, cfg.local_crop_scale, cfg.blur_p[2], 0.0, out, generator)
-        result = {k: torch.stack(v) if k.endswith("crops") else torch.tensor(v) for k, v in out.items()}
+        empty = {"global_crops": cfg.global_crop_px, "local_crops": cfg.local_crop_px}
+        result = {
+            k: (torch.stack(v) if v else torch.empty(0, 3, empty[k], empty[k])) if k in empty else torch.tensor(v)
+            for k, v in out.items()
+        }
         tile_mpp = float("nan") if mpp is None else float(mpp)
         for kind in ("global", "local"):
             result[f"{kind}_mpp"] = tile_mpp / result[f"{kind}_zoom"]
