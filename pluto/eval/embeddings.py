@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from pluto.errors import CheckpointError, PlutoError
+from pluto.models import embed, load_model
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +43,14 @@ def resolve_model(spec: nn.Module | str | Path) -> nn.Module:
         found = sorted(local.rglob("model.safetensors"))
         if not found:
             raise CheckpointError(f"{text}: registered model has no model.safetensors artifact (downloaded to {local})")
-        return _load_dir(found[0].parent)
+        return load_model(found[0].parent)
     path = Path(text)
     if path.is_dir():
-        return _load_dir(path)
-    import pluto.models  # noqa: F401  (registers pluto_* architectures with timm)
-
+        return load_model(path)
     if text not in timm.list_models():
         raise PlutoError(f"{text}: neither a checkpoint directory, a models:/ URI nor a known architecture name")
     log.warning("%s: architecture name given, using a RANDOM-INITIALISED encoder (a baseline, not a trained model)", text)
     return timm.create_model(text, pretrained=False, num_classes=0)
-
-
-def _load_dir(path: Path) -> nn.Module:
-    from pluto.models import load_model
-
-    return load_model(path)
 
 
 def model_id(model: nn.Module) -> str:
@@ -84,34 +77,28 @@ def _norm_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]
     return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
 
 
-def pool_tokens(model: nn.Module, tokens: torch.Tensor, mode: str) -> torch.Tensor:
-    """Turn (B, prefix + N, D) final-normed tokens into the embedding of `mode` (prefix = CLS + registers)."""
-    n_prefix = int(getattr(model, "num_prefix_tokens", 1))
-    cls, patches = tokens[:, 0], tokens[:, n_prefix:]
-    if mode == "cls":
-        return cls
-    if mode == "cls+mean":
-        return torch.cat([cls, patches.mean(1)], dim=1)
-    if mode == "patch_tokens":
-        b, n, d = patches.shape
-        side = int(round(n**0.5))
-        if side * side != n:
-            raise PlutoError(f"patch_tokens mode needs a square token grid, got {n} patch tokens")
-        return patches.transpose(1, 2).reshape(b, d, side, side)
-    raise PlutoError(f"unknown embedding mode {mode!r}; one of {MODES}")
-
-
-def _forward_tokens(model: nn.Module, x: torch.Tensor, patch_size: int | None) -> torch.Tensor:
-    if patch_size is None:
-        return model.forward_features(x)
-    return model.forward_features(x, patch_size=patch_size)
-
-
 def _patch_size(model: nn.Module, patch_size: int | None) -> int:
     if patch_size is not None:
         return int(patch_size)
-    ps = getattr(model, "patch_size", None) or getattr(getattr(model, "patch_embed", None), "patch_size", 16)
+    if hasattr(model, "patch_sizes"):  # PLUTO (FlexiViT): its default patch size
+        return int(model.patch_size)
+    ps = model.patch_embed.patch_size
     return int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+
+
+def embed_batch(model: nn.Module, x: torch.Tensor, mode: str, patch_size: int) -> torch.Tensor:
+    """One normalised batch -> embedding of `mode`; CLS modes go through `pluto.models.embed`."""
+    if mode in ("cls", "cls+mean"):
+        return embed(model, x, mode, patch_size).values
+    if mode != "patch_tokens":
+        raise PlutoError(f"unknown embedding mode {mode!r}; one of {MODES}")
+    tokens = model.forward_features(x, patch_size=patch_size) if hasattr(model, "patch_sizes") else model.forward_features(x)
+    patches = tokens[:, int(getattr(model, "num_prefix_tokens", 1)):]
+    b, n, d = patches.shape
+    side = int(round(n**0.5))
+    if side * side != n:
+        raise PlutoError(f"patch_tokens mode needs a square token grid, got {n} patch tokens")
+    return patches.transpose(1, 2).reshape(b, d, side, side)
 
 
 def cache_key(mid: str, fingerprint: str, mode: str, patch_size: int, px: int) -> str:
@@ -158,7 +145,7 @@ def extract_embeddings(
     with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         for batch in loader:
             x = (batch.to(dev, non_blocking=True).float() - mean) / std
-            emb = pool_tokens(model, _forward_tokens(model, x, patch_size), mode)
+            emb = embed_batch(model, x, mode, ps)
             chunks.append(emb.float().cpu())
             done += len(batch)
             if on_progress:

@@ -42,7 +42,7 @@ class ProbeProtocol:
 
 
 EVA_PROBE = ProbeProtocol("eva", "adamw", steps=12_500, lr=3e-4, batch_size=256, weight_decay=0.0, n_seeds=5, eval_every=250)
-QUICK_PROBE = ProbeProtocol("quick", "lbfgs", steps=100, lr=1.0, batch_size=0, weight_decay=1e-2, n_seeds=5, eval_every=0)
+QUICK_PROBE = ProbeProtocol("quick", "lbfgs", steps=50, lr=1.0, batch_size=0, weight_decay=1e-2, n_seeds=5, eval_every=0)
 PROBE_PRESETS = {p.name: p for p in (EVA_PROBE, QUICK_PROBE)}
 
 
@@ -129,10 +129,16 @@ def fit_linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, protocol: P
     return ProbeFit(pred, balanced_accuracy(test_y, pred), best_step, best_val)
 
 
-def stratified_folds(labels, n_folds: int, seed: int) -> np.ndarray:
-    """Fold index per sample: each class's samples shuffled (seeded) and dealt round-robin over folds."""
-    labels = np.asarray(labels)
+def stratified_folds(labels, n_folds: int, seed: int, groups=None) -> np.ndarray:
+    """Fold index per sample: each class's samples shuffled (seeded) and dealt round-robin over folds.
+
+    With `groups` (patient, slide or region ids) whole groups are dealt instead, so no group is split.
+    """
     rng = np.random.default_rng(seed)
+    if groups is not None:
+        uniq, inverse = np.unique(np.asarray(groups), return_inverse=True)
+        return (rng.permutation(len(uniq)) % n_folds)[inverse]
+    labels = np.asarray(labels)
     folds = np.empty(len(labels), dtype=np.int64)
     offset = 0
     for c in np.unique(labels):
@@ -142,14 +148,15 @@ def stratified_folds(labels, n_folds: int, seed: int) -> np.ndarray:
     return folds
 
 
-def cross_validated_probe(x, y, protocol: ProbeProtocol, seed: int, n_folds: int = 4, device: str = "cpu") -> float:
+def cross_validated_probe(x, y, protocol: ProbeProtocol, seed: int, n_folds: int = 4, device: str = "cpu",
+                          groups=None) -> float:
     """Balanced accuracy of pooled out-of-fold predictions when a labeled set has no split.
 
     Fold f is the test fold, fold f+1 the validation fold (best-checkpoint selection), the rest
     train. Pooling all N out-of-fold predictions before scoring keeps a small set's estimate stable.
     """
     y = np.asarray(y)
-    folds = stratified_folds(y, n_folds, seed)
+    folds = stratified_folds(y, n_folds, seed, groups)
     pred = np.empty_like(y)
     k = int(y.max() + 1)
     for f in range(n_folds):
