@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from bench.bench_read import machine
 
 REPO = Path(__file__).resolve().parent.parent
 TILE_PX = 224
@@ -118,19 +118,6 @@ def bench_boxes(n_boxes: int) -> list[dict]:
         {"method": "pluto", "what": "score_boxes", "items": n_boxes, "items_per_s": n_boxes / fast_s},
         {"method": "naive", "what": "score_boxes", "items": n_naive, "items_per_s": n_naive / naive_s},
     ]
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return {"node": platform.node(), "cpu": cpu, "python": platform.python_version(), "git_sha": sha}
 
 
 def markdown(result: dict) -> str:

@@ -7,7 +7,7 @@ Defaults and where they come from:
 - `min_tissue_frac` 0.4: the Midnight paper's foreground threshold ("set to 40%").
 - `hsv_min_frac` 0.6 and `hsv`: the Midnight paper's HSV filter (see `filters`).
 - `min_blur_var` 100 at 0.5 um/px: on the CRC-VAL-HE-7K patches (0.5 um/px) every sharp patch
-  has a Laplacian variance >= 227, every patch blurred with a Gaussian of sigma 2 px <= 50.
+  has a Laplacian variance >= 213, every patch blurred with a Gaussian of sigma 2 px <= 50.
 - `max_pen_frac`, `max_fold_frac`, `max_bubble_frac`: a cell is dropped when that much of it is
   covered by the artifact mask.
 """

@@ -18,7 +18,6 @@ import pandas as pd
 from pluto.errors import PlutoError
 
 MASK_NAMES = ("tissue", "pen", "fold", "bubble")
-CELL_REASONS = ("", "no_tissue", "pen", "fold", "bubble", "blur", "hsv")
 OUTSIDE = "outside"  # cell_reason of a box whose centre lies outside the slide's QC grid
 
 
