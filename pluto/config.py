@@ -28,6 +28,7 @@ from pydantic_settings import (
 
 from pluto.errors import ConfigError
 from pluto.qc.params import QCParams
+from pluto.eval.eval_config import EvalConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,6 +140,7 @@ class Settings(BaseSettings):
     s3: S3Settings = S3Settings()
     mlflow: MLflowSettings = MLflowSettings()
     chain: ChainSettings = ChainSettings()
+    eval: EvalConfig = EvalConfig()  # frozen dataclass shared with pluto.eval (see pluto/eval/eval_config.py)
 
     @classmethod
     def settings_customise_sources(

@@ -1,1 +1,32 @@
-"""eval"""
+"""Evaluation of frozen encoders: embeddings, EVA-protocol tasks, HEST, baselines, reports, suites.
+
+Names resolve lazily (PEP 562) so `pluto.eval.eval_config` (the settings section) imports without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "EvalRecord": "records", "SuiteResult": "records", "EVAL_SUITE_VERSION": "records", "suite_score": "records",
+    "extract_embeddings": "embeddings", "resolve_model": "embeddings", "model_id": "embeddings",
+    "ImageFiles": "images", "SlideTiles": "images", "ArrayImages": "images",
+    "balanced_accuracy": "metrics", "pearson_per_column": "metrics", "dice_without_background": "metrics",
+    "ProbeProtocol": "linear_probe", "EVA_PROBE": "linear_probe", "QUICK_PROBE": "linear_probe",
+    "fit_linear_probe": "linear_probe", "cross_validated_probe": "linear_probe", "knn_accuracy": "linear_probe",
+    "quick_linear_probe": "linear_probe", "stratified_folds": "linear_probe",
+    "ABMIL": "abmil", "fit_abmil": "abmil", "MilProtocol": "abmil", "EVA_MIL": "abmil", "QUICK_MIL": "abmil",
+    "ConvDecoderWithImage": "segmentation", "fit_segmentation": "segmentation",
+    "fit_pca_ridge": "hest", "hest_fold_pearson": "hest", "patient_folds": "hest",
+    "LabeledImages": "labeled", "read_labels_csv": "labeled", "DatasetLayoutError": "labeled",
+    "ADAPTERS": "benchmarks", "resolution_set": "derived", "mean_rgb_features": "baselines",
+    "random_init_twin": "baselines", "write_report": "report", "EvalConfig": "eval_config",
+    "TaskConfig": "suite", "SuiteConfig": "suite", "run_suite": "suite", "evaluate": "suite", "load_records": "suite",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pluto.eval' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"pluto.eval.{_EXPORTS[name]}"), name)

@@ -18,6 +18,7 @@ from torch import nn
 
 from pluto.eval.baselines import mean_rgb_features, random_init_twin
 from pluto.eval.benchmarks import ADAPTERS
+from pluto.eval.eval_config import EvalConfig
 from pluto.eval.embeddings import extract_embeddings, input_px, model_id, resolve_model, _patch_size
 from pluto.eval.images import ArrayImages, ImageFiles
 from pluto.eval.labeled import DatasetLayoutError, LabeledImages, check_classes, read_labels_csv
@@ -28,30 +29,15 @@ from pluto.eval.report import write_report
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    """The `eval` settings section (typed as this dataclass in pluto/config.py; no pydantic here)."""
+def probe_protocol(cfg: EvalConfig) -> ProbeProtocol:
+    if cfg.preset not in PROBE_PRESETS:
+        raise DatasetLayoutError(f"eval.preset {cfg.preset!r} unknown; one of {sorted(PROBE_PRESETS)}")
+    p = PROBE_PRESETS[cfg.preset]
+    return replace(p, n_seeds=cfg.n_seeds) if cfg.n_seeds else p
 
-    preset: str = "quick"  # "quick" | "eva" (ProbeProtocol presets in linear_probe.py)
-    modes: tuple[str, ...] = ("cls", "cls+mean")
-    batch_size: int = 64
-    device: str = "cpu"
-    num_workers: int = 0
-    cache_dir: str | None = "work/embeddings"
-    n_folds: int = 4  # stratified folds when a labeled set has no splits
-    n_seeds: int | None = None  # None = the preset's (5 for patch tasks)
-    seed: int = 0  # first seed; runs use seed, seed+1, ...
-    baselines: bool = True  # mean-RGB and random-init twin in the report
 
-    def protocol(self) -> ProbeProtocol:
-        if self.preset not in PROBE_PRESETS:
-            raise DatasetLayoutError(f"eval.preset {self.preset!r} unknown; one of {sorted(PROBE_PRESETS)}")
-        p = PROBE_PRESETS[self.preset]
-        return replace(p, n_seeds=self.n_seeds) if self.n_seeds else p
-
-    @property
-    def seeds(self) -> tuple[int, ...]:
-        return tuple(range(self.seed, self.seed + self.protocol().n_seeds))
+def run_seeds(cfg: EvalConfig) -> tuple[int, ...]:
+    return tuple(range(cfg.seed, cfg.seed + probe_protocol(cfg).n_seeds))
 
 
 @dataclass(frozen=True)
@@ -116,9 +102,9 @@ def _load_task(task: TaskConfig, px: int) -> _TaskData:
 
 def probe_values(x: np.ndarray, data: _TaskData, task: TaskConfig, cfg: EvalConfig) -> tuple[float, ...]:
     """Balanced accuracy per seed: on the scored split when the set has splits, else pooled out-of-fold."""
-    protocol = cfg.protocol()
+    protocol = probe_protocol(cfg)
     if data.splits is None or task.split == "cv":
-        return tuple(cross_validated_probe(x, data.y, protocol, s, cfg.n_folds, cfg.device, data.groups) for s in cfg.seeds)
+        return tuple(cross_validated_probe(x, data.y, protocol, s, cfg.n_folds, cfg.device, data.groups) for s in run_seeds(cfg))
     present = set(data.splits)
     if task.split not in present or "train" not in present:
         raise DatasetLayoutError(f"task {task.name}: needs 'train' and {task.split!r} splits, found {sorted(present)}")
@@ -127,11 +113,11 @@ def probe_values(x: np.ndarray, data: _TaskData, task: TaskConfig, cfg: EvalConf
     tr, va, te = (data.splits == s for s in ("train", val_name, task.split))
     k = int(data.y.max() + 1)
     return tuple(fit_linear_probe(x[tr], data.y[tr], x[va], data.y[va], x[te], data.y[te], protocol, s, k, cfg.device).test_balanced_accuracy
-                 for s in cfg.seeds)
+                 for s in run_seeds(cfg))
 
 
 def _records(task: TaskConfig, values, cfg: EvalConfig, mid: str, ps: int | None, mode: str) -> EvalRecord:
-    return EvalRecord(task.name, task.dataset, task.split, task.metric, values, cfg.seeds, cfg.preset, mid, ps, mode)
+    return EvalRecord(task.name, task.dataset, task.split, task.metric, values, run_seeds(cfg), cfg.preset, mid, ps, mode)
 
 
 def evaluate_task(model: nn.Module, task: TaskConfig, cfg: EvalConfig, baselines: bool = False,
@@ -181,3 +167,13 @@ def load_records(path: Path) -> list[EvalRecord]:
     import json
 
     return [EvalRecord.from_dict(d) for d in json.loads(Path(path).read_text())["model"]]
+
+
+def evaluate_folder(model: nn.Module | str | Path, images_dir: Path, labels_csv: Path, out_dir: Path, cfg: EvalConfig,
+                    champion_records: Path | None = None, on_progress: Callable[[int, int], None] | None = None) -> SuiteResult:
+    """`pluto evaluate` on one labeled folder: split 'test' when labels.csv has splits, else pooled stratified folds."""
+    labeled = read_labels_csv(Path(images_dir), Path(labels_csv))
+    task = TaskConfig(Path(images_dir).name or "folder", "folder", str(images_dir), "test" if labeled.splits else "cv",
+                      labels_csv=str(labels_csv))
+    champion = load_records(champion_records) if champion_records else None
+    return evaluate(model, [task], cfg, Path(out_dir), champion, on_progress)
