@@ -186,6 +186,37 @@ def evaluate_cmd(
     typer.echo(f"score {result.score:.3f} -> {out / 'results.html'}")
 
 
+@app.command("pretrain")
+def pretrain_cmd(
+    ctx: typer.Context,
+    work: Optional[Path] = typer.Option(None, "--work", help="Work dir: data from WORK/tiles, run (checkpoints, metrics, export) in WORK/train."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (schedules span them)."),
+    launcher: str = typer.Option("local", "--launcher", help="local (torchrun here) | slurm (sbatch) | kubeflow (PyTorchJob)."),
+    nproc: int = typer.Option(1, "--nproc", help="Local processes (ranks) for --launcher local."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Tile manifest dir, or an image folder with --data-kind images."),
+    data_kind: Optional[str] = typer.Option(None, "--data-kind", help="manifest | images."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the job until it ends."),
+) -> None:
+    """Pretrain (or resume) with DDP via torchrun, Slurm or Kubeflow; re-attaches to a running job of the same name."""
+    from pluto.train.launch import launch
+
+    flags = {"steps": steps, "data_kind": data_kind}
+    if work is not None:
+        flags.update(run_dir=str(work / "train"), data=str(work / "tiles"))
+    if data is not None:
+        flags["data"] = str(data)
+    s = settings_from(ctx, train={k: v for k, v in flags.items() if v is not None})
+    cfg = s.train
+    if not cfg.tracking_uri:
+        from dataclasses import replace
+
+        cfg = replace(cfg, tracking_uri=s.mlflow.tracking_uri)
+    job_id, state = launch(cfg, launcher, nproc_per_node=nproc, wait=wait)
+    typer.echo(f"{launcher} job {job_id}: {state} (run dir {cfg.run_dir})")
+    if state == "failed":
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

@@ -29,6 +29,7 @@ from pydantic_settings import (
 from pluto.errors import ConfigError
 from pluto.qc.params import QCParams
 from pluto.eval.eval_config import EvalConfig
+from pluto.train.config import TrainConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,6 +142,7 @@ class Settings(BaseSettings):
     mlflow: MLflowSettings = MLflowSettings()
     chain: ChainSettings = ChainSettings()
     eval: EvalConfig = EvalConfig()  # frozen dataclass shared with pluto.eval (see pluto/eval/eval_config.py)
+    train: TrainConfig = TrainConfig()  # frozen dataclass shared with pluto.train (see pluto/train/config.py)
 
     @classmethod
     def settings_customise_sources(

@@ -51,6 +51,7 @@ class MetricsTracker:
         self._client: Any = None
         self.run_id: str | None = None
         self.sent = 0
+        self.down = False  # the last send attempt failed
         self._thread: threading.Thread | None = None
         if tracking_uri:
             self._thread = threading.Thread(target=self._sender, name="pluto-mlflow-sender", daemon=True)
@@ -89,11 +90,12 @@ class MetricsTracker:
             fh.write(json.dumps(record) + "\n")
 
     def close(self, timeout_s: float = 30.0) -> None:
-        """Give the sender up to `timeout_s` to drain; what is left stays in the JSONL file only."""
+        """Give a reachable server up to `timeout_s` to take the queue (none when it is down, so the
+        end of training is not delayed); what is left stays in the JSONL file only."""
         if self._thread is None:
             return
         deadline = time.monotonic() + timeout_s
-        while self.pending and time.monotonic() < deadline and self._thread.is_alive():
+        while self.pending and not self.down and time.monotonic() < deadline and self._thread.is_alive():
             self._wake.set()
             time.sleep(0.05)
         self._stop.set()
@@ -143,7 +145,7 @@ class MetricsTracker:
             self.sent += len(chunk)
 
     def _sender(self) -> None:
-        delay, down = self.retry_min_s, False
+        delay = self.retry_min_s
         while not self._stop.is_set():
             self._wake.wait(timeout=delay)
             self._wake.clear()
@@ -152,12 +154,12 @@ class MetricsTracker:
             try:
                 self._send_once()
             except Exception as exc:  # noqa: BLE001 - any transport/server error: keep the points, retry later
-                if not down:
+                if not self.down:
                     log.warning("MLflow at %s unreachable (%s); queueing metrics and retrying", self.tracking_uri, str(exc)[:200])
-                down = True
+                self.down = True
                 delay = min(self.retry_max_s, delay * 2)
                 self._stop.wait(timeout=delay)
                 continue
-            if down:
+            if self.down:
                 log.warning("MLflow at %s reachable again; queued metrics sent", self.tracking_uri)
-            down, delay = False, self.retry_min_s
+            self.down, delay = False, self.retry_min_s

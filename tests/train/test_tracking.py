@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -44,8 +45,11 @@ def test_dead_server_never_blocks_and_metrics_arrive_once_it_is_back(tmp_path, m
     svc = start_mlflow(tmp_path / "store", port=port)
     try:
         tr.log_metrics({"loss": 5.0}, step=5)
-        tr.close(timeout_s=60)
-        assert tr.pending == 0
+        deadline = time.monotonic() + 60
+        while tr.pending and time.monotonic() < deadline:  # the sender retries on its own
+            time.sleep(0.2)
+        tr.close()
+        assert tr.pending == 0 and not tr.down
         assert _history(url, tr.run_id, "loss") == [(s, float(s)) for s in range(6)]
         # a restarted process re-attaches to the same MLflow run through run_dir/mlflow_run_id
         with MetricsTracker(tmp_path / "run", url, experiment="t-down") as again:
@@ -53,6 +57,18 @@ def test_dead_server_never_blocks_and_metrics_arrive_once_it_is_back(tmp_path, m
         assert again.run_id == tr.run_id and _history(url, tr.run_id, "loss")[-1] == (6, 6.0)
     finally:
         svc.stop()
+
+
+def test_close_does_not_wait_on_a_dead_server(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    tr = MetricsTracker(tmp_path, f"http://127.0.0.1:{free_port()}", retry_min_s=0.1)
+    tr.log_metrics({"loss": 1.0}, step=1)
+    deadline = time.monotonic() + 30
+    while not tr.down and time.monotonic() < deadline:
+        time.sleep(0.1)
+    tr.close(timeout_s=120)  # returns without draining: the point stays in the JSONL record
+    assert tr.down and tr.pending == 1
+    assert json.loads((tmp_path / "metrics.jsonl").read_text())["loss"] == 1.0
 
 
 def test_without_uri_only_jsonl_is_written(tmp_path):
