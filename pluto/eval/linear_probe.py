@@ -54,6 +54,7 @@ class ProbeFit:
     test_balanced_accuracy: float
     best_step: int
     best_val_balanced_accuracy: float
+    val_history: tuple[tuple[int, float], ...] = ()  # (step, validation balanced accuracy) at each check
 
 
 def _tensor(x, device) -> torch.Tensor:
@@ -75,7 +76,7 @@ def _fit_lbfgs(x: torch.Tensor, y: torch.Tensor, n_classes: int, p: ProbeProtoco
     return head
 
 
-def _fit_adamw(x, y, val_x, val_y, n_classes: int, p: ProbeProtocol, gen: torch.Generator) -> tuple[nn.Linear, int, float]:
+def _fit_adamw(x, y, val_x, val_y, n_classes: int, p: ProbeProtocol, gen: torch.Generator):
     head = nn.Linear(x.shape[1], n_classes, device=x.device)
     with torch.no_grad():  # seeded init (nn.Linear's default draws from the global RNG)
         bound = 1.0 / x.shape[1] ** 0.5
@@ -84,6 +85,7 @@ def _fit_adamw(x, y, val_x, val_y, n_classes: int, p: ProbeProtocol, gen: torch.
     opt = torch.optim.AdamW(head.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=p.steps)
     best = (-1.0, 0, {k: v.clone() for k, v in head.state_dict().items()})
+    history = []
     n = x.shape[0]
     for step in range(1, p.steps + 1):
         idx = torch.randint(0, n, (min(p.batch_size, n),), generator=gen).to(x.device)
@@ -95,10 +97,11 @@ def _fit_adamw(x, y, val_x, val_y, n_classes: int, p: ProbeProtocol, gen: torch.
         if step % p.eval_every == 0 or step == p.steps:
             with torch.no_grad():
                 score = balanced_accuracy(val_y.cpu(), head(val_x).argmax(1).cpu())
+            history.append((step, score))
             if score > best[0]:  # strictly better: the earliest best step wins ties
                 best = (score, step, {k: v.clone() for k, v in head.state_dict().items()})
     head.load_state_dict(best[2])
-    return head, best[1], best[0]
+    return head, best[1], best[0], tuple(history)
 
 
 def fit_linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, protocol: ProbeProtocol, seed: int,
@@ -118,15 +121,15 @@ def fit_linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, protocol: P
         head = _fit_lbfgs(tx, ty, k, protocol)
         with torch.no_grad():
             best_val = balanced_accuracy(vy.cpu(), head(vx).argmax(1).cpu()) if len(vy) else float("nan")
-        best_step = protocol.steps
+        best_step, history = protocol.steps, ()
     elif protocol.solver == "adamw":
         gen = torch.Generator().manual_seed(seed)
-        head, best_step, best_val = _fit_adamw(tx, ty, vx, vy, k, protocol, gen)
+        head, best_step, best_val, history = _fit_adamw(tx, ty, vx, vy, k, protocol, gen)
     else:
         raise ValueError(f"unknown probe solver {protocol.solver!r} (adamw | lbfgs)")
     with torch.no_grad():
         pred = head(sx).argmax(1).cpu().numpy()
-    return ProbeFit(pred, balanced_accuracy(test_y, pred), best_step, best_val)
+    return ProbeFit(pred, balanced_accuracy(test_y, pred), best_step, best_val, history)
 
 
 def stratified_folds(labels, n_folds: int, seed: int, groups=None) -> np.ndarray:

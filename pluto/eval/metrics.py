@@ -13,7 +13,7 @@ def balanced_accuracy(y_true, y_pred) -> float:
     if t.numel() == 0 or t.numel() != p.numel():
         raise ValueError(f"balanced_accuracy: need equal non-empty label arrays, got {t.numel()} and {p.numel()}")
     classes = torch.unique(t)
-    recalls = torch.stack([((p == c) & (t == c)).sum() / (t == c).sum() for c in classes]).double()
+    recalls = torch.stack([((p == c) & (t == c)).sum().double() / (t == c).sum() for c in classes])
     return float(recalls.mean())
 
 

@@ -27,7 +27,7 @@ class SegProtocol:
 
 
 EVA_SEG = SegProtocol("eva", steps=2000, lr=2e-3, batch_size=64, n_seeds=5)
-QUICK_SEG = SegProtocol("quick", steps=150, lr=5e-3, batch_size=8, n_seeds=2)
+QUICK_SEG = SegProtocol("quick", steps=60, lr=5e-3, batch_size=8, n_seeds=2)
 
 
 def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
