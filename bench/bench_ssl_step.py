@@ -1,0 +1,237 @@
+"""One DINOv2 SSL step (PLUTO objective) vs a raw-timm roofline measured in the same process.
+
+PLUTO path: `DinoV2Objective` forward + backward on 2 global + n local crops (student fwd+bwd on
+all crops with iBOT masks on the globals, teacher fwd on the globals, DINO/iBOT heads, Sinkhorn,
+losses) — "ssl_step". Also timed: the full optimizer step ("ssl_full_step": + grad clipping, fused
+AdamW on CUDA, teacher EMA), reported separately.
+Roofline: a plain timm `VisionTransformer` of the same width/depth/heads/registers/FFN at the same
+patch size, forward+backward on the same crop shapes plus a no-grad forward of a second copy on the
+globals, no heads, no losses (issue 4's definition; DESIGN.md: ~1,250 images/s for ViT-S/16 on
+one H100). images/s counts tiles (one tile = its 2 + n crops). FLOPs per step come from
+`torch.utils.flop_counter.FlopCounterMode` on one step of each path; MFU = achieved FLOP/s / peak
+(bf16 dense peak of the detected GPU, or `--peak-tflops`; none on CPU).
+
+    python -m bench.bench_ssl_step --quick                     # CPU: pluto_tiny, demo crops, batch 4
+    python -m bench.bench_ssl_step --model pluto_4s --patch-size 16 --batch 32 --device cuda
+    python -m bench.bench_ssl_step --model pluto_4g --batch 32 --device cuda [--grad-ckpt] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+from timm.layers import SwiGLUPacked
+from timm.models.vision_transformer import VisionTransformer
+from torch.utils.flop_counter import FlopCounterMode
+
+import pluto.models  # noqa: F401  (registers the PLUTO models with timm)
+from pluto.ssl import DinoV2Objective, SSLConfig, param_groups, sample_masks, ssl_preset
+
+REPO = Path(__file__).resolve().parent.parent
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 tensor-core peaks (NVIDIA specs)
+
+
+def baseline_vit(arch: dict, patch_size: int) -> VisionTransformer:
+    """Raw timm ViT with the PLUTO model's width/depth/heads/registers/FFN, learned abs pos-embed, any image size."""
+    swiglu = arch.get("swiglu_mlp", False)
+    return VisionTransformer(
+        img_size=arch["img_size"], patch_size=patch_size, embed_dim=arch["embed_dim"], depth=arch["depth"],
+        num_heads=arch["num_heads"], mlp_ratio=arch["mlp_ratio"] * (2 if swiglu else 1),
+        mlp_layer=SwiGLUPacked if swiglu else timm.layers.Mlp, act_layer=torch.nn.SiLU if swiglu else torch.nn.GELU,
+        reg_tokens=arch["num_reg_tokens"], no_embed_class=True, init_values=arch.get("init_values"),
+        num_classes=0, dynamic_img_size=True,
+    )
+
+
+def make_batch(cfg: SSLConfig, batch: int, patch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Crops of the configured shapes (values do not change the cost) and real iBOT block masks."""
+    g, n_g, n_l = cfg.global_crop_px, cfg.n_global_crops, cfg.n_local_crops
+    side = g // patch_size
+    masks = sample_masks(n_g * batch, side, side, np.random.default_rng(0), cfg.mask_probability, cfg.mask_ratio)
+    return {
+        "global_crops": torch.randn(n_g * batch, 3, g, g, device=device),
+        "local_crops": torch.randn(n_l * batch, 3, cfg.local_crop_px, cfg.local_crop_px, device=device),
+        f"masks_p{patch_size}": torch.from_numpy(masks).to(device),
+    }
+
+
+def timed(step, device: torch.device, warmup: int, iters: int, repeats: int) -> float:
+    """Median seconds per call of `step` over `repeats` blocks of `iters` calls, after `warmup` calls."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) / iters)
+    return statistics.median(times)
+
+
+def count_flops(step) -> int:
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return int(counter.get_total_flops())
+
+
+def peak_tflops(device: torch.device, override: float | None) -> float | None:
+    if override:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"{platform.processor() or platform.machine()} CPU x{torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def git_sha() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    torch.manual_seed(0)
+    student = timm.create_model(args.model, drop_path_rate=0.0)
+    teacher = timm.create_model(args.model)
+    p = args.patch_size or student.patch_size
+    sizes = dict(global_crop_px=args.global_px, local_crop_px=args.local_px)
+    sizes.update(n_prototypes=args.n_prototypes, ibot_n_prototypes=args.n_prototypes)
+    cfg = dataclasses.replace(ssl_preset(args.preset), patch_sizes=(p,), **{k: v for k, v in sizes.items() if v})
+    obj = DinoV2Objective(student, teacher, cfg).to(device).train()
+    student.patch_embed.prewarm(device)
+    teacher.patch_embed.prewarm(device)
+    base = baseline_vit(student.arch_kwargs, p).to(device).train()
+    base_teacher = baseline_vit(student.arch_kwargs, p).to(device).eval().requires_grad_(False)
+    if args.grad_ckpt:
+        student.set_grad_checkpointing(True)
+        base.set_grad_checkpointing(True)
+    if args.compile:
+        for m in (student, teacher, base, base_teacher):
+            m.forward_features = torch.compile(m.forward_features, dynamic=False)
+    batch = make_batch(cfg, args.batch, p, device)
+    masks = batch[f"masks_p{p}"]
+    opt = torch.optim.AdamW(param_groups(obj.student, 1e-4, 0.04), fused=device.type == "cuda")
+
+    def ssl_step() -> None:
+        with amp:
+            losses = obj(batch, teacher_temp=0.07, patch_size=p)
+        losses["loss"].backward()
+        obj.zero_grad(set_to_none=True)
+
+    def ssl_full_step() -> None:
+        with amp:
+            losses = obj(batch, teacher_temp=0.07, patch_size=p)
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(obj.student.parameters(), cfg.clip_grad)
+        opt.step()
+        obj.update_teacher(0.994)
+
+    def roofline_step() -> None:
+        with amp:
+            with torch.no_grad():
+                base_teacher.forward_features(batch["global_crops"])
+            out_g = base.forward_features(batch["global_crops"])
+            out_l = base.forward_features(batch["local_crops"])
+        (out_g.float().mean() + out_l.float().mean()).backward()
+        base.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rows = []
+    peak = peak_tflops(device, args.peak_tflops)
+    for name, step in (("roofline_timm", roofline_step), ("ssl_step", ssl_step), ("ssl_full_step", ssl_full_step)):
+        flops = count_flops(step)
+        sec = timed(step, device, args.warmup, args.iters, args.repeats)
+        achieved = flops / sec / 1e12
+        rows.append({
+            "path": name, "images_per_s": round(args.batch / sec, 2), "step_ms": round(sec * 1e3, 2),
+            "gflop_per_image": round(flops / args.batch / 1e9, 2), "tflops": round(achieved, 4),
+            "mfu": round(achieved / peak, 4) if peak else None,
+        })
+    base_rate = rows[0]["images_per_s"]
+    for row in rows:
+        row["x_roofline"] = round(row["images_per_s"] / base_rate, 3)
+    return {
+        "bench": "bench_ssl_step", "model": args.model, "patch_size": p, "batch_tiles": args.batch,
+        "crops": f"{cfg.n_global_crops}x{cfg.global_crop_px} + {cfg.n_local_crops}x{cfg.local_crop_px}",
+        "n_prototypes": cfg.n_prototypes, "masked_images": int(masks.any(dim=1).sum()),
+        "device": str(device), "dtype": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "compile": args.compile, "grad_ckpt": args.grad_ckpt, "peak_tflops": peak,
+        "max_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        "machine": machine(device), "git_sha": git_sha(),
+        "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows,
+    }
+
+
+def table(result: dict) -> str:
+    lines = [
+        f"{result['model']} p{result['patch_size']}, {result['batch_tiles']} tiles x ({result['crops']}), "
+        f"{result['n_prototypes']} prototypes, {result['dtype']}, {result['machine']}, git {result['git_sha']}",
+        "",
+        "| path | images/s | x roofline | ms/step | GFLOP/image | TFLOP/s | MFU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+        lines.append(
+            f"| {r['path']} | {r['images_per_s']:,} | {r['x_roofline']} | {r['step_ms']} | {r['gflop_per_image']} "
+            f"| {r['tflops']} | {mfu} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="CPU run: pluto_tiny, demo preset, batch 4")
+    ap.add_argument("--model", default="pluto_4s")
+    ap.add_argument("--preset", default=None, help="SSL preset (default: demo for pluto_tiny, else the model name)")
+    ap.add_argument("--patch-size", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=32, help="tiles per step (PLUTO-4: 32 per GPU)")
+    ap.add_argument("--n-prototypes", type=int, default=None)
+    ap.add_argument("--global-px", type=int, default=None)
+    ap.add_argument("--local-px", type=int, default=None)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--compile", action="store_true", help="torch.compile(dynamic=False) the backbones")
+    ap.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing in the student and baseline")
+    ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.model, args.batch, args.warmup, args.iters, args.repeats = "pluto_tiny", 4, 1, 2, 3
+    args.preset = args.preset or ("demo" if args.model == "pluto_tiny" else args.model)
+    result = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = f"{result['model']}-p{result['patch_size']}-{result['device'].split(':')[0]}-{result['git_sha']}"
+    (args.out / f"bench_ssl_step-{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
