@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pluto.train", description=__doc__.splitlines()[0])
     parser.add_argument("config", help="TrainConfig as JSON (written by pluto.train.launch)")
     args = parser.parse_args(argv)
-    info = DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+    info = DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                    torchrun="TORCHELASTIC_RUN_ID" in os.environ)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{info.rank} %(name)s %(levelname)s %(message)s")
     with open(args.config) as fh:
         cfg = TrainConfig.from_dict(json.load(fh))

@@ -53,11 +53,16 @@ ADAMW_BETAS = (0.9, 0.999)  # DINOv2 optim defaults
 
 @dataclass(frozen=True)
 class DistInfo:
-    """This process's place in the job (torchrun's RANK, LOCAL_RANK, WORLD_SIZE)."""
+    """This process's place in the job (torchrun's RANK, LOCAL_RANK, WORLD_SIZE).
+
+    `torchrun`: started by torchrun, so a process group (NCCL/gloo) and DDP are set up even at
+    world size 1 (the one-GPU NCCL smoke run exercises the same path as the cluster).
+    """
 
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    torchrun: bool = False
 
 
 @dataclass
@@ -196,9 +201,11 @@ def train(
     from pluto.ssl import apply_schedules, batch_to, build_schedules, cancel_last_layer_grads, param_groups, sample_patch_size
 
     device = _device(info)
-    distributed = info.world_size > 1
+    distributed = info.world_size > 1 or info.torchrun
     if distributed and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=info.rank, world_size=info.world_size)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
+        log.info("process group: backend %s, rank %d of %d", backend, info.rank, info.world_size)
     gpu_bytes = None
     if device.type == "cuda":
         gpu_bytes = cfg.gpu_memory_gb * 1e9 if cfg.gpu_memory_gb else torch.cuda.get_device_properties(device).total_memory

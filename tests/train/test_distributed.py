@@ -90,3 +90,14 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, tiles_manifest, tin
     meta, _, _ = load_latest(tmp_path / "checkpoints")
     assert meta.step >= 1 and meta.global_sample_index == meta.step * cfg.global_batch
     assert max(_losses(tmp_path)) == meta.step
+
+
+@pytest.mark.gpu
+def test_one_gpu_nccl_smoke_run_of_the_same_entry_point(tmp_path, tiles_manifest, tiny_config):
+    cfg = tiny_config(tmp_path, tiles_manifest, steps=2, precision="bf16", batch_per_gpu=4, global_batch=4)
+    launcher = LocalLauncher(nnodes=1, nproc_per_node=1)
+    assert launcher.wait(launcher.submit(cfg), timeout_s=600, poll_s=1) == "succeeded", _logs(tmp_path)
+    assert "process group: backend nccl" in _logs(tmp_path)
+    assert sorted(_losses(tmp_path)) == [1, 2]
+    recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert all(r["gpu_mem_gb"] > 0 and "mfu" in r for r in recs)

@@ -41,22 +41,22 @@ def test_consecutive_nans_abort_the_run(tmp_path, tiles_manifest, tiny_config):
 
 
 def test_resume_after_crash_continues_the_same_curve_and_skips_a_truncated_checkpoint(tmp_path, tiles_manifest, tiny_config, caplog):
-    ref = train(tiny_config(tmp_path / "ref", tiles_manifest, steps=5, ckpt_every=100))
+    ref = train(tiny_config(tmp_path / "ref", tiles_manifest, steps=4, ckpt_every=100))
 
     def crash(step, losses):
-        if step == 4:
+        if step == 3:
             raise RuntimeError("simulated crash")
-    cfg = tiny_config(tmp_path / "run", tiles_manifest, steps=5, ckpt_every=1, keep_ckpts=3)
+    cfg = tiny_config(tmp_path / "run", tiles_manifest, steps=4, ckpt_every=1, keep_ckpts=2)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg, before_backward=crash)
     ckpts = list_checkpoints(tmp_path / "run" / "checkpoints")
-    assert [p.name for p in ckpts] == ["ckpt-000000004.pt", "ckpt-000000003.pt", "ckpt-000000002.pt"]
-    ckpts[0].write_bytes(ckpts[0].read_bytes()[:1000])  # newest truncated: resume must fall back to step 3
+    assert [p.name for p in ckpts] == ["ckpt-000000003.pt", "ckpt-000000002.pt"]
+    ckpts[0].write_bytes(ckpts[0].read_bytes()[:1000])  # newest truncated: resume must fall back to step 2
     caplog.set_level(logging.WARNING)
     res = train(cfg)
-    assert "skipping checkpoint" in caplog.text and "ckpt-000000004.pt" in caplog.text
-    assert [h["step"] for h in res.history] == [4, 5]
-    for mine, theirs in zip(res.history, ref.history[3:]):
+    assert "skipping checkpoint" in caplog.text and "ckpt-000000003.pt" in caplog.text
+    assert [h["step"] for h in res.history] == [3, 4]
+    for mine, theirs in zip(res.history, ref.history[2:], strict=True):
         assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-5, abs=1e-6)
         assert mine["lr"] == theirs["lr"] and mine["patch_size"] == theirs["patch_size"]
 
