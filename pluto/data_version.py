@@ -61,18 +61,16 @@ class DataVersion:
 
 
 def table_hash(path: Path, drop_columns: tuple[str, ...] = VOLATILE_COLUMNS) -> str:
-    """Content hash of a parquet table: column names, dtypes and row values, not file bytes.
+    """Content hash of a parquet table (column names and row values, not file bytes), 16 hex.
 
     Used in stage cache keys: the same rows in the same order give the same hash whatever the
     parquet writer's metadata, and volatile columns (ingest time) do not count.
     """
     import pandas as pd
 
-    df = pd.read_parquet(path)
-    df = df.drop(columns=[c for c in drop_columns if c in df.columns])
-    h = hashlib.sha256(repr([(c, str(t)) for c, t in df.dtypes.items()]).encode())
-    h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
-    return h.hexdigest()[:16]
+    from pluto.tiling.manifest import table_hash as frame_hash
+
+    return frame_hash(pd.read_parquet(path), drop=drop_columns)[:16]
 
 
 def tables_hash(paths: list[Path]) -> str:
@@ -84,16 +82,28 @@ def tables_hash(paths: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def source_fingerprint(paths: list[Path]) -> str:
-    """Cheap identity of the ingest input: relative name, size and mtime of every file.
+def source_fingerprint(src: str, endpoint_url: str | None = None, region: str = "us-east-1") -> str:
+    """Cheap identity of the ingest input: every object's relative name, size and mtime (or ETag).
 
     Reading every byte of a 500k-slide cohort to decide whether ingest can be skipped would cost
-    as much as ingest; the slide ids (sha256 of bytes) are computed by ingest itself.
+    as much as ingest itself (which computes the slide ids, sha256 of bytes). `src` is a local
+    folder or an s3:// prefix.
     """
     h = hashlib.sha256()
-    for p in sorted(paths):
-        st = p.stat()
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    if src.startswith("s3://"):
+        from pluto.registry.checkpoint_store import s3_client
+
+        bucket, _, prefix = src.removeprefix("s3://").partition("/")
+        pages = s3_client(endpoint_url, region).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        entries = sorted((o["Key"], o["Size"], o["ETag"]) for page in pages for o in page.get("Contents", []))
+    else:
+        root = Path(src)
+        if not root.is_dir():
+            raise PlutoError(f"{src}: slide source is not a directory or s3:// prefix")
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        entries = [(str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    for name, size, stamp in entries:
+        h.update(f"{name}\0{size}\0{stamp}\n".encode())
     return h.hexdigest()[:16]
 
 
