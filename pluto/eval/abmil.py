@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pluto.eval.metrics import balanced_accuracy
+from pluto.eval.threads import SMALL_PROBLEM_NUMEL, cpu_threads
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,12 @@ def _predict(model: ABMIL, bags, batch: int) -> np.ndarray:
 def fit_abmil(train_bags: list[np.ndarray], train_y, val_bags, val_y, test_bags, test_y, protocol: MilProtocol,
               seed: int, n_classes: int) -> float:
     """Train on bags (each (n_tiles, D)); return test balanced accuracy of the best-validation epoch."""
+    small = sum(b.size for b in train_bags) < SMALL_PROBLEM_NUMEL
+    with cpu_threads(1 if small else torch.get_num_threads()):
+        return _fit_abmil(train_bags, train_y, val_bags, val_y, test_bags, test_y, protocol, seed, n_classes)
+
+
+def _fit_abmil(train_bags, train_y, val_bags, val_y, test_bags, test_y, protocol: MilProtocol, seed: int, n_classes: int) -> float:
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # layer init draws from the global RNG
     model = ABMIL(train_bags[0].shape[1], n_classes)

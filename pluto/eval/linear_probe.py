@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from pluto.eval.metrics import balanced_accuracy
+from pluto.eval.threads import SMALL_PROBLEM_NUMEL, cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,12 @@ def fit_linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, protocol: P
 
     Labels are ints in [0, n_classes). With the lbfgs solver validation is not needed (convex fit).
     """
+    small = device == "cpu" and np.asarray(train_x).size < SMALL_PROBLEM_NUMEL
+    with cpu_threads(1 if small else torch.get_num_threads()):
+        return _fit_linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, protocol, seed, n_classes, device)
+
+
+def _fit_linear_probe(train_x, train_y, val_x, val_y, test_x, test_y, protocol, seed, n_classes, device) -> ProbeFit:
     dev = torch.device(device)
     tx, vx, sx = _tensor(train_x, dev), _tensor(val_x, dev), _tensor(test_x, dev)
     ty = torch.as_tensor(np.asarray(train_y), dtype=torch.long, device=dev)

@@ -1,0 +1,145 @@
+"""Embedding extraction and cache, the real-data probe against chance, the suite, the report and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pluto.eval.embeddings import extract_embeddings, input_px, model_id
+from pluto.eval.images import ArrayImages, ImageFiles, SlideTiles
+from pluto.eval.linear_probe import QUICK_PROBE, cross_validated_probe
+
+N_PERMUTATIONS = 19  # observed > all 19 label permutations  =>  permutation p-value <= 1/20
+
+
+def test_modes_shapes_and_cache_written_once(fixed_tiny, tmp_path):
+    ds = ArrayImages(np.random.default_rng(0).integers(0, 255, (5, 64, 64, 3), dtype=np.uint8), input_px(fixed_tiny))
+    d = fixed_tiny.embed_dim
+    assert extract_embeddings(fixed_tiny, ds, "cls", 4).shape == (5, d)
+    assert extract_embeddings(fixed_tiny, ds, "patch_tokens", 4).shape == (5, d, 7, 7)
+    first = extract_embeddings(fixed_tiny, ds, "cls+mean", 2, cache_dir=tmp_path)
+    assert first.shape == (5, 2 * d)
+    (cached,) = tmp_path.glob("emb-*.npy")
+    stamp = cached.stat().st_mtime_ns
+    again = extract_embeddings(fixed_tiny, ds, "cls+mean", 3, cache_dir=tmp_path)
+    assert np.array_equal(first, again) and cached.stat().st_mtime_ns == stamp and len(list(tmp_path.glob("*"))) == 1
+    extract_embeddings(fixed_tiny, ds, "cls+mean", 2, patch_size=32, cache_dir=tmp_path)  # patch size is part of the key
+    assert len(list(tmp_path.glob("emb-*.npy"))) == 2
+    np.testing.assert_allclose(first[:, :d], extract_embeddings(fixed_tiny, ds, "cls", 5), rtol=1e-5, atol=1e-6)
+
+
+def test_model_id_changes_with_weights(fixed_tiny):
+    import copy
+
+    other = copy.deepcopy(fixed_tiny)
+    assert model_id(other) == model_id(fixed_tiny)
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    assert model_id(other) != model_id(fixed_tiny)
+
+
+def test_probe_on_real_crc_beats_chance_and_repeats(crc_cls, crc_labeled):
+    """8 classes x 4 real CRC patches, a fixed encoder (pluto_tiny, weights drawn under seed 0), quick probe,
+    4-fold stratified CV with pooled out-of-fold predictions, 5 seeds.
+
+    Margin: with 32 pooled predictions, chance balanced accuracy is 1/8 with a standard deviation of
+    about sqrt(32 * 1/8 * 7/8) / 32 = 0.058, so 0.35 is ~4 sd above chance; and a label-permutation
+    test (the same pipeline on 19 shuffled labelings, all of which must score lower) gives p <= 0.05
+    without any distributional assumption.
+    """
+    y = crc_labeled.label_ids
+    scores = [cross_validated_probe(crc_cls, y, QUICK_PROBE, seed) for seed in range(5)]
+    assert np.mean(scores) > 0.35
+    rng = np.random.default_rng(123)
+    null = [cross_validated_probe(crc_cls, rng.permutation(y), QUICK_PROBE, 0) for _ in range(N_PERMUTATIONS)]
+    assert scores[0] > max(null)
+    assert scores == [cross_validated_probe(crc_cls, y, QUICK_PROBE, seed) for seed in range(5)]  # same seed, same numbers
+
+
+def test_resolution_set_from_the_bundled_slide(cmu_svs):
+    from pluto.eval.derived import RESOLUTION_MPPS, resolution_set
+
+    images, labels, regions = resolution_set(cmu_svs, tile_px=32, max_regions=6)
+    assert images.shape == (18, 32, 32, 3) and images.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [6] * len(RESOLUTION_MPPS)
+    for r in range(6):  # each region: the same centre read at every resolution, views differ
+        views = images[regions == r]
+        assert labels[regions == r].tolist() == [0, 1, 2] and not np.array_equal(views[0], views[2])
+
+
+def test_slide_tiles_match_read_tile(cmu_svs):
+    from pluto.slides import read_tile
+
+    manifest = pd.DataFrame({"path": [str(cmu_svs)] * 2, "x_l0": [0, 600], "y_l0": [0, 900], "mpp": [1.0, 2.0], "tile_px": [64, 64]})
+    ds = SlideTiles(manifest, input_px=64)
+    assert torch.equal(ds[1], torch.from_numpy(read_tile(str(cmu_svs), 600, 900, 2.0, 64)).permute(2, 0, 1))
+    assert ds.fingerprint != SlideTiles(manifest.assign(x_l0=[0, 601]), 64).fingerprint
+
+
+def _two_class_folder(tmp_path, make_images, with_split: bool):
+    names = [f"img/{c}_{i}.png" for c in ("red", "blue") for i in range(8)]
+    make_images(tmp_path, names, size_px=32, colors={"red": (200, 40, 40), "blue": (40, 40, 200)})
+    rows = ["filename,label" + (",split" if with_split else "")]
+    rows += [f"{n[4:]},{n[4:].split('_')[0]}" + ((",test" if int(n[-5]) % 2 else ",train") if with_split else "") for n in names]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "img", tmp_path / "labels.csv"
+
+
+def test_run_suite_from_a_checkpoint_dir_and_report(fixed_tiny, tmp_path, make_images):
+    from pluto.eval.eval_config import EvalConfig
+    from pluto.eval.suite import SuiteConfig, TaskConfig, evaluate, run_suite
+    from pluto.models import save_model
+
+    images, labels = _two_class_folder(tmp_path, make_images, with_split=True)
+    ckpt = save_model(fixed_tiny, tmp_path / "ckpt")
+    cfg = EvalConfig(n_seeds=2, cache_dir=str(tmp_path / "cache"))
+    task = TaskConfig("colour", "folder", str(images), "test", labels_csv=str(labels))
+    res = run_suite(ckpt, SuiteConfig((task,), cfg))
+    assert {r.embedding_mode for r in res.records} == {"cls", "cls+mean"}
+    cls = next(r for r in res.records if r.embedding_mode == "cls")
+    assert res.score == pytest.approx(cls.mean) and cls.model_id == model_id(fixed_tiny) and cls.patch_size == 16
+    assert cls.seeds == (0, 1) and cls.protocol == "quick" and cls.mean > 0.9  # red vs blue is trivial
+    out = evaluate(fixed_tiny, [task], cfg, tmp_path / "out", champion=list(res.records))
+    files = {p.name for p in (tmp_path / "out").iterdir()}
+    assert files == {"results.csv", "results.html", "results.png", "records.json"}
+    table = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert {"model cls", "champion cls", "baseline mean_rgb", "baseline random_init"} <= set(table.columns)
+    assert (tmp_path / "out" / "results.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((tmp_path / "out" / "records.json").read_text())
+    assert saved["baselines"]["mean_rgb"][0]["mean"] > 0.9 and out.score == pytest.approx(cls.mean)
+
+
+def test_published_numbers_only_for_matching_protocol():
+    from pluto.eval.published import published_for
+
+    assert published_for("bach", "cls", "eva")["PLUTO-4G"] == pytest.approx(0.938)
+    assert published_for("bach", "cls", "quick") == {}
+    assert published_for("crc", "cls+mean", "eva")["Midnight-92k"] == pytest.approx(0.967)
+
+
+def test_cli_evaluate_prints_balanced_accuracy(tmp_path, make_images, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pluto.cli import app
+
+    images, labels = _two_class_folder(tmp_path, make_images, with_split=False)
+    monkeypatch.setenv("PLUTO_EVAL__CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["evaluate", "--model", "pluto_tiny", "--images", str(images), "--labels", str(labels),
+                                      "--out", str(out), "--seeds", "1"])
+    assert result.exit_code == 0, result.output
+    assert "[cls] balanced accuracy" in result.output and (out / "results.html").is_file()
+
+
+def test_missing_images_folder_is_a_clear_error(tmp_path):
+    from pluto.eval.labeled import DatasetLayoutError
+    from pluto.eval.suite import evaluate_folder
+    from pluto.eval.eval_config import EvalConfig
+
+    (tmp_path / "labels.csv").write_text("filename,label\na.png,x\n")
+    with pytest.raises(DatasetLayoutError, match="dataset folder not found"):
+        evaluate_folder("pluto_tiny", tmp_path / "missing", tmp_path / "labels.csv", tmp_path / "out", EvalConfig())
