@@ -36,6 +36,20 @@ class SuiteScores:
             task_stds={k: float(v) for k, v in d.get("task_stds", {}).items()},
         )
 
+    @classmethod
+    def from_suite(cls, result: dict[str, Any]) -> "SuiteScores":
+        """From `pluto.eval` `SuiteResult.to_dict()`: headline-mode records, one per task."""
+        mode = result.get("headline_mode", "cls")
+        records = [r for r in result["records"] if r["embedding_mode"] == mode]
+        versions = {r["suite_version"] for r in records}
+        if len(versions) != 1:
+            raise ValueError(f"suite result mixes eval-suite versions {sorted(versions)}")
+        return cls(
+            suite_version=versions.pop(), score=float(result["score"]),
+            task_means={r["task"]: float(r["mean"]) for r in records},
+            task_stds={r["task"]: float(r["std"]) for r in records},
+        )
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 

@@ -1,0 +1,73 @@
+"""`register` flow: checkpoint to S3 (multipart), model version (challenger), champion gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+
+from flows.common import io_retries, resolve, stage_run
+from pluto.registry.checkpoint_store import CheckpointRef, sha256_file
+from pluto.registry.gate import SuiteScores
+from pluto.registry.provenance import git_sha
+from pluto.train.checkpoint import list_checkpoints
+
+
+@task
+def upload_checkpoint_task(path: str, dest: str, endpoint_url: str | None, region: str, chunk_mb: int) -> dict[str, Any]:
+    from pluto.registry.checkpoint_store import upload_checkpoint
+
+    return upload_checkpoint(
+        Path(path), dest, endpoint_url=endpoint_url, region=region, threshold_mb=chunk_mb, chunk_mb=chunk_mb
+    ).to_dict()
+
+
+@task
+def register_task(model_dir: str, tracking_uri: str, run_id: str, scores: dict, data_hash: str, sha: str, key: str,
+                  checkpoint: dict | None, mode: str) -> dict[str, Any]:
+    from pluto.registry.register import register_model
+
+    return register_model(
+        Path(model_dir), tracking_uri=tracking_uri, run_id=run_id, scores=SuiteScores.from_dict(scores),
+        data_hash=data_hash, git_sha=sha, idempotency_key=key,
+        checkpoint=CheckpointRef.from_dict(checkpoint) if checkpoint else None, embedding_mode=mode,
+    ).to_dict()
+
+
+@task
+def gate_task(tracking_uri: str, name: str, version: int, min_margin: float, log_path: str) -> dict[str, Any]:
+    from pluto.registry.register import gate
+
+    return gate(tracking_uri, name, version, min_margin=min_margin, log_path=Path(log_path)).to_dict()
+
+
+@flow(name="register")
+def register_flow(
+    config: dict[str, Any] | None = None, model_dir: str = "", run_dir: str = "", suite: dict | None = None,
+    data_hash: str = "", parent_run_id: str | None = None,
+) -> dict[str, Any]:
+    s = resolve(config)
+    scores = SuiteScores.from_suite(suite or {})
+    key = f"{sha256_file(Path(model_dir) / 'model.safetensors')[:16]}-{data_hash[:16]}-{scores.suite_version}"
+    ckpts = list_checkpoints(Path(run_dir) / "checkpoints")
+    checkpoint = None
+    if ckpts:
+        upload = io_retries(upload_checkpoint_task, s)
+        checkpoint = upload(str(ckpts[0]), s.chain.checkpoint_store, s.s3.endpoint_url, s.s3.region, s.chain.multipart_chunk_mb)
+    with stage_run(s, "register", parent_run_id, data_hash) as tracker:
+        record = io_retries(register_task, s)(
+            model_dir, s.mlflow.tracking_uri, tracker.run_id, scores.to_dict(), data_hash, git_sha(), key,
+            checkpoint, s.chain.embedding_mode,
+        )
+        decision = gate_task(
+            s.mlflow.tracking_uri, record["name"], record["version"], s.chain.gate_min_margin,
+            str(s.paths.work_dir / "registry" / "promotions.jsonl"),
+        )
+        tracker.set_tags({"pluto.model_version": record["version"], "pluto.promoted": decision["promote"]})
+        url = f"{s.mlflow.tracking_uri.rstrip('/')}/#/models/{record['name']}/versions/{record['version']}"
+    create_link_artifact(key="mlflow-model-version", link=url, link_text=f"{record['name']} v{record['version']}")
+    verdict = "promoted to champion" if decision["promote"] else "blocked: " + "; ".join(decision["reasons"])
+    create_markdown_artifact(key="gate-decision", markdown=f"**{record['name']} v{record['version']}**: {verdict} ({decision['summary']})")
+    return {"record": record, "decision": decision, "url": url}

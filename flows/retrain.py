@@ -1,0 +1,82 @@
+"""`retrain`: ingest -> QC -> tile -> data version -> pretrain -> evaluate -> register -> gate.
+
+One parent MLflow run; every stage's run is nested under it and records the git sha and the DVC
+data version. The data plane shares one Dask cluster (an existing one from `chain.dask_address`,
+else a LocalCluster on 127.0.0.1 started here). Unchanged stages come from the Prefect cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_link_artifact
+
+from flows.common import io_retries, resolve
+from flows.evaluate import evaluate_flow
+from flows.ingest import ingest_flow
+from flows.pretrain import pretrain_flow
+from flows.qc import qc_flow
+from flows.register import register_flow
+from flows.tile import tile_flow
+from pluto.registry.provenance import git_sha
+from pluto.registry.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@task
+def commit_data_version(work_dir: str, remote: str, endpoint_url: str | None) -> dict[str, Any]:
+    from pluto.data_version import commit_data
+
+    return commit_data(work_dir, remote, endpoint_url).to_dict()
+
+
+def _with_dask_address(config: dict[str, Any], address: str) -> dict[str, Any]:
+    return {**config, "chain": {**config.get("chain", {}), "dask_address": address}}
+
+
+@flow(name="retrain")
+def retrain(config: dict[str, Any] | None = None, seed: int | None = None, launcher: str = "local", nproc: int = 1) -> dict[str, Any]:
+    """`config`: settings overrides (nested dict); `seed`: training seed, a fresh one when None."""
+    config = dict(config or {})
+    s = resolve(config)
+    seed = secrets.randbelow(2**31) if seed is None else seed
+    cluster = None
+    if not s.chain.dask_address:
+        from distributed import LocalCluster
+
+        cluster = LocalCluster(n_workers=s.chain.dask_workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=None)
+        config = _with_dask_address(config, cluster.scheduler_address)
+    parent = Tracker.start(
+        s.mlflow.tracking_uri, s.mlflow.experiment, "retrain", fallback_dir=s.paths.work_dir / "tracking",
+        tags={"pluto.git_sha": git_sha(), "pluto.flow": "retrain"}, system_metrics=True,
+    )
+    if parent.url:
+        create_link_artifact(key="mlflow-retrain-run", link=parent.url, link_text="MLflow retrain run")
+    status = "FAILED"
+    try:
+        parent.log_params({"seed": seed, "launcher": launcher, "config_hash": s.config_hash()})
+        stages: dict[str, Any] = {
+            "ingest": ingest_flow(config, parent.run_id),
+            "qc": qc_flow(config, parent.run_id),
+            "tile": tile_flow(config, parent.run_id),
+        }
+        data = io_retries(commit_data_version, s)(str(s.paths.work_dir), s.chain.dvc_remote, s.s3.endpoint_url)
+        parent.set_tags({"pluto.data_hash": data["md5"]})
+        if s.chain.warm_start == "champion":
+            log.warning("warm start from the champion requested, but pluto.train has no init-from option yet: training from scratch")
+        stages["pretrain"] = pretrain_flow(config, data["md5"], seed, launcher, nproc, parent.run_id)
+        stages["evaluate"] = evaluate_flow(config, stages["pretrain"]["model_dir"], data["md5"], parent.run_id)
+        stages["register"] = register_flow(
+            config, stages["pretrain"]["model_dir"], stages["pretrain"]["run_dir"], stages["evaluate"], data["md5"], parent.run_id
+        )
+        parent.log_metrics({"suite_score": stages["evaluate"]["score"]})
+        status = "FINISHED"
+    finally:
+        parent.end(status)
+        if cluster is not None:
+            cluster.close()
+    return {"seed": seed, "data": data, "mlflow_run": parent.url, "stages": stages}

@@ -1,0 +1,110 @@
+"""`make demo`: the whole retraining chain on the bundled slides, on CPU, with pluto_tiny.
+
+Starts real servers on 127.0.0.1 (MLflow: sqlite + local artifacts under work/mlflow; a Prefect
+server with PREFECT_HOME under work/prefect; moto as the S3 store for DVC data and checkpoints),
+runs the `retrain` flow (ingest -> QC -> tile -> DVC data version -> pretrain -> evaluate ->
+register -> gate) and prints the UI addresses. MLflow and Prefect state persist in the work dir,
+so a second run with unchanged slides takes the data stages from the Prefect cache, trains with a
+new seed and registers a second version of `pluto-tiny`. moto keeps its objects in memory: the S3
+copies (DVC remote, checkpoints) live as long as the demo. Run: `python -m pluto.demo`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from pluto.config import load_settings
+from pluto.services import Service, _bin, _spawn, free_port, start_mlflow, start_moto
+
+log = logging.getLogger("pluto.demo")
+
+DEMO_BUCKETS = ("pluto-data", "pluto-artifacts")
+
+
+def start_prefect(home: Path, port: int | None = None, host: str = "127.0.0.1") -> Service:
+    """A Prefect server (API + UI) whose database lives under `home` (PREFECT_HOME)."""
+    port = port or free_port(host)
+    env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": f"http://{host}:{port}/api"}
+    cmd = [_bin("prefect"), "server", "start", "--host", host, "--port", str(port)]
+    return _spawn("prefect", cmd, host, port, home, env, 240)
+
+
+def start_services(work: Path) -> list[Service]:
+    """moto S3 (with the demo buckets), MLflow and Prefect on 127.0.0.1, state under `work`."""
+    import boto3
+
+    services: list[Service] = []
+    try:
+        services.append(start_moto(log_dir=work / "logs"))
+        s3 = boto3.client("s3", endpoint_url=services[0].url)
+        for bucket in DEMO_BUCKETS:
+            s3.create_bucket(Bucket=bucket)
+        services.append(start_mlflow(work / "mlflow", log_dir=work / "logs"))
+        services.append(start_prefect(work / "prefect"))
+    except BaseException:
+        for svc in reversed(services):
+            svc.stop()
+        raise
+    return services
+
+
+def demo_overrides(work_dir: Path, mlflow_url: str, s3_url: str) -> dict:
+    """Settings for the CPU demo: small tiles and crops, a short pretraining, the quick eval preset."""
+    from pluto.ssl import ssl_preset
+
+    return {
+        "paths": {"work_dir": str(work_dir)},
+        "mlflow": {"tracking_uri": mlflow_url},
+        "s3": {"endpoint_url": s3_url},
+        "tiling": {"mpps": [0.5, 1.0, 2.0], "tile_pxs": [224]},
+        "train": {
+            "arch": "pluto_tiny", "ssl": asdict(ssl_preset("demo")), "steps": 120, "batch_per_gpu": 8,
+            "global_batch": 8, "precision": "fp32", "num_workers": 0, "ckpt_every": 60, "keep_ckpts": 2,
+        },
+        "eval": {"preset": "quick", "baselines": False, "cache_dir": str(work_dir / "embeddings")},
+        "chain": {"task_retries": 2, "retry_delay_s": 1.0},
+    }
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for key in ("PREFECT_SERVER_ANALYTICS_ENABLED", "GX_ANALYTICS_ENABLED", "MLFLOW_ENABLE_TELEMETRY"):
+        os.environ.setdefault(key, "false")
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "demo")  # moto accepts any key; real S3 uses your AWS config
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "demo")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    work = load_settings().paths.work_dir.resolve()
+    started = time.monotonic()
+    services = start_services(work)
+    moto, mlflow, prefect = services
+    try:
+        os.environ["PREFECT_HOME"] = str(work / "prefect")
+        os.environ["PREFECT_API_URL"] = f"{prefect.url}/api"
+        from flows.retrain import retrain
+
+        result = retrain(demo_overrides(work, mlflow.url, moto.url))
+        reg = result["stages"]["register"]
+        cached = [k for k, v in result["stages"].items() if isinstance(v, dict) and v.get("cached")]
+        lines = [
+            f"retrain finished in {time.monotonic() - started:.0f} s (seed {result['seed']}, data {result['data']['md5']})",
+            f"stages from cache: {', '.join(cached) or 'none'}",
+            f"registered {reg['record']['name']} v{reg['record']['version']}: "
+            + ("promoted to champion" if reg["decision"]["promote"] else "not promoted: " + "; ".join(reg["decision"]["reasons"])),
+            f"MLflow UI:  {mlflow.url}  (model: {reg['url']})",
+            f"Prefect UI: {prefect.url}",
+        ]
+        sys.stdout.write("\n".join(lines) + "\n")
+        if sys.stdin.isatty():
+            input("Servers stay up for the UIs; press Enter to stop them. ")
+    finally:
+        for svc in reversed(services):
+            svc.stop()
+
+
+if __name__ == "__main__":
+    main()
