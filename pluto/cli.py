@@ -217,6 +217,113 @@ def pretrain_cmd(
         raise typer.Exit(1)
 
 
+def _promotion_log(s: Settings) -> Path:
+    return s.paths.work_dir / "registry" / "promotions.jsonl"
+
+
+@app.command("promote")
+def promote_cmd(
+    ctx: typer.Context,
+    model: str = typer.Argument(..., help="Registered model, e.g. pluto-tiny."),
+    version: int = typer.Argument(..., help="Model version to make champion."),
+    why: str = typer.Option(..., "--why", help="Reason, kept in the promotion log."),
+    who: Optional[str] = typer.Option(None, "--who", help="Defaults to the login name."),
+) -> None:
+    """Point the `champion` alias at VERSION (tags who/why/when; append-only promotion log)."""
+    from pluto.registry.promotion import promote
+
+    s = settings_from(ctx)
+    event = promote(s.mlflow.tracking_uri, model, version, why=why, who=who, log_path=_promotion_log(s))
+    typer.echo(f"{model}: champion v{event.previous} -> v{event.version} ({event.at}, {event.who})")
+
+
+@app.command("rollback")
+def rollback_cmd(
+    ctx: typer.Context,
+    model: str = typer.Argument(..., help="Registered model, e.g. pluto-tiny."),
+    why: str = typer.Option(..., "--why", help="Reason, kept in the promotion log."),
+    who: Optional[str] = typer.Option(None, "--who"),
+) -> None:
+    """Point `champion` back at the previous champion recorded in the promotion log."""
+    from pluto.registry.promotion import rollback
+
+    s = settings_from(ctx)
+    event = rollback(s.mlflow.tracking_uri, model, why=why, who=who, log_path=_promotion_log(s))
+    typer.echo(f"{model}: champion v{event.previous} -> v{event.version} (rollback by {event.who})")
+
+
+@app.command("register")
+def register_cmd(
+    ctx: typer.Context,
+    model_dir: Path = typer.Argument(..., help="Directory written by pluto.models.save_model."),
+    suite: Path = typer.Option(..., "--suite", help="JSON of an eval SuiteResult (to_dict)."),
+    data_hash: Optional[str] = typer.Option(None, "--data-hash", help="DVC data version; default: WORK/data.dvc."),
+) -> None:
+    """Register MODEL_DIR as a new version (challenger) and run the champion gate."""
+    import json
+
+    from pluto.data_version import read_version
+    from pluto.registry.gate import SuiteScores
+    from pluto.registry.provenance import git_sha
+    from pluto.registry.register import gate, register_model
+    from pluto.registry.tracker import Tracker
+
+    s = settings_from(ctx)
+    scores = SuiteScores.from_suite(json.loads(suite.read_text()))
+    data = data_hash or read_version(s.paths.work_dir).md5
+    with Tracker.start(s.mlflow.tracking_uri, s.mlflow.experiment, "register", fallback_dir=s.paths.work_dir / "tracking",
+                       tags={"pluto.data_hash": data, "pluto.git_sha": git_sha()}) as run:
+        from pluto.registry.checkpoint_store import sha256_file
+
+        key = f"{sha256_file(model_dir / 'model.safetensors')[:16]}-{data[:16]}-{scores.suite_version}"
+        rec = register_model(model_dir, tracking_uri=s.mlflow.tracking_uri, run_id=run.run_id, scores=scores,
+                             data_hash=data, git_sha=git_sha(), idempotency_key=key, embedding_mode=s.chain.embedding_mode)
+    decision = gate(s.mlflow.tracking_uri, rec.name, rec.version, min_margin=s.chain.gate_min_margin, log_path=_promotion_log(s))
+    typer.echo(f"{rec.name} v{rec.version}: " + ("champion" if decision.promote else "challenger; " + "; ".join(decision.reasons)))
+
+
+data_app = typer.Typer(help="Data versions (DVC over the work tables).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("checkout")
+def data_checkout_cmd(
+    ctx: typer.Context,
+    model_version: int = typer.Option(..., "--model-version", help="Restore the data this model version was trained on."),
+    model: str = typer.Option("pluto-tiny", "--model", help="Registered model name."),
+) -> None:
+    """Restore catalog, QC tables and tile manifests of a model version into the work dir."""
+    from pluto.data_version import checkout_data
+    from pluto.registry.register import get_record
+
+    s = settings_from(ctx)
+    record = get_record(s.mlflow.tracking_uri, model, version=model_version)
+    version = checkout_data(s.paths.work_dir, record.data_hash, s.chain.dvc_remote, s.s3.endpoint_url)
+    typer.echo(f"{model} v{model_version}: data {version.md5} restored into {s.paths.work_dir}")
+
+
+services_app = typer.Typer(help="Local servers on 127.0.0.1.", no_args_is_help=True)
+app.add_typer(services_app, name="services")
+
+
+@services_app.command("up")
+def services_up_cmd(ctx: typer.Context) -> None:
+    """Start moto S3, MLflow and Prefect on 127.0.0.1 (state under the work dir); Ctrl-C stops them."""
+    from pluto.demo import start_services
+
+    s = settings_from(ctx)
+    services = start_services(s.paths.work_dir.resolve())
+    for svc in services:
+        typer.echo(f"{svc.name}: {svc.url}")
+    try:
+        services[0].proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for svc in reversed(services):
+            svc.stop()
+
+
 def main() -> None:
     try:
         app()
