@@ -126,3 +126,10 @@ def test_segmentation_decoder_shapes_and_learns_from_the_image():
     short = dataclasses.replace(QUICK_SEG, steps=30)
     dice = fit_segmentation(tokens[:16], images[:16], masks[:16], tokens[16:], images[16:], masks[16:], 2, short, seed=0)
     assert dice > 0.8
+
+
+def test_quick_linear_probe_for_training_monitors():
+    from pluto.eval.linear_probe import quick_linear_probe
+
+    x, y = _blobs(20, 3, 8, seed=4)
+    assert quick_linear_probe(x[::2], y[::2], x[1::2], y[1::2]) > 0.9
