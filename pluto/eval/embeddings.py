@@ -77,7 +77,7 @@ def _norm_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]
     return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
 
 
-def _patch_size(model: nn.Module, patch_size: int | None) -> int:
+def patch_size_of(model: nn.Module, patch_size: int | None) -> int:
     if patch_size is not None:
         return int(patch_size)
     if hasattr(model, "patch_sizes"):  # PLUTO (FlexiViT): its default patch size
@@ -126,7 +126,7 @@ def extract_embeddings(
     if mode not in MODES:
         raise PlutoError(f"unknown embedding mode {mode!r}; one of {MODES}")
     model = resolve_model(model)
-    ps = _patch_size(model, patch_size)
+    ps = patch_size_of(model, patch_size)
     px = input_px(model)
     cache_file = None
     if cache_dir is not None and hasattr(dataset, "fingerprint"):

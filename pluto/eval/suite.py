@@ -19,7 +19,7 @@ from torch import nn
 from pluto.eval.baselines import mean_rgb_features, random_init_twin
 from pluto.eval.benchmarks import ADAPTERS
 from pluto.eval.eval_config import EvalConfig
-from pluto.eval.embeddings import extract_embeddings, input_px, model_id, resolve_model, _patch_size
+from pluto.eval.embeddings import extract_embeddings, input_px, model_id, resolve_model, patch_size_of
 from pluto.eval.images import ArrayImages, ImageFiles
 from pluto.eval.labeled import DatasetLayoutError, LabeledImages, check_classes, read_labels_csv
 from pluto.eval.linear_probe import PROBE_PRESETS, ProbeProtocol, cross_validated_probe, fit_linear_probe
@@ -123,7 +123,7 @@ def _records(task: TaskConfig, values, cfg: EvalConfig, mid: str, ps: int | None
 def evaluate_task(model: nn.Module, task: TaskConfig, cfg: EvalConfig, baselines: bool = False,
                   on_progress: Callable[[int, int], None] | None = None) -> tuple[list[EvalRecord], dict[str, list[EvalRecord]]]:
     """Records of `model` for every embedding mode, plus (optionally) the two baselines' records."""
-    px, ps, mid = input_px(model), _patch_size(model, None), model_id(model)
+    px, ps, mid = input_px(model), patch_size_of(model, None), model_id(model)
     data = _load_task(task, px)
     cache = Path(cfg.cache_dir) if cfg.cache_dir else None
     emb = lambda m, mode: extract_embeddings(m, data.dataset, mode, cfg.batch_size, cfg.device, cache_dir=cache,  # noqa: E731
