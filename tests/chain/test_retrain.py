@@ -1,0 +1,152 @@
+"""The whole `retrain` flow against real servers on 127.0.0.1 (Prefect harness, MLflow, moto S3).
+
+Two runs on the same slides: the second takes ingest/QC/tiling from the Prefect cache, trains with
+a new seed and registers a second version. Then: the champion serves embeddings over REST, the
+data of version 1 comes back from the DVC remote into a fresh directory, and the MLflow UI page of
+the registered model, rendered by headless Chromium, lists both versions.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import urllib.request
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory, shared_data) -> Path:
+    """The bundled H&E slide and two OpenSlide fixtures: two fan-out batches on two Dask workers."""
+    src = tmp_path_factory.mktemp("slides")
+    shutil.copy(shared_data / "wsi" / "CMU-1-Small-Region.svs", src)
+    for name in ("small.svs", "unreadable.svs"):
+        shutil.copy(shared_data / "openslide_fixtures" / name, src)
+    return src
+
+
+def _config(work: Path, src: Path, mlflow_url: str, s3_url: str, buckets: tuple[str, str]) -> dict:
+    from pluto.ssl import ssl_preset
+
+    ssl = {**asdict(ssl_preset("demo")), "global_crop_px": 48, "local_crop_px": 32, "n_local_crops": 2,
+           "head_hidden_dim": 64, "head_bottleneck_dim": 32, "n_prototypes": 256, "ibot_n_prototypes": 256}
+    return {
+        "paths": {"work_dir": str(work)},
+        "mlflow": {"tracking_uri": mlflow_url, "experiment": "chain-retrain"},
+        "s3": {"endpoint_url": s3_url},
+        "tiling": {"mpps": [0.5, 1.0], "tile_pxs": [112]},
+        "train": {"arch": "pluto_tiny", "ssl": ssl, "steps": 4, "batch_per_gpu": 2, "global_batch": 2,
+                  "precision": "fp32", "num_workers": 0, "ckpt_every": 2},
+        "eval": {"preset": "quick", "baselines": False, "n_seeds": 2, "cache_dir": str(work / "embeddings")},
+        "chain": {"ingest_prefix": str(src), "fanout_batch_slides": 1, "dask_workers": 2, "task_retries": 1,
+                  "retry_delay_s": 0.5, "dvc_remote": f"s3://{buckets[0]}/dvc",
+                  "checkpoint_store": f"s3://{buckets[1]}/ckpt"},
+    }
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, cohort, mlflow_server, moto_server):
+    import os
+
+    import boto3
+    from prefect.testing.utilities import prefect_test_harness
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "chain-test", "AWS_SECRET_ACCESS_KEY": "chain-test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        os.environ.setdefault(k, v)
+    buckets = ("chain-data", "chain-artifacts")
+    s3 = boto3.client("s3", endpoint_url=moto_server.url)
+    for b in buckets:
+        s3.create_bucket(Bucket=b)
+    work = tmp_path_factory.mktemp("work")
+    config = _config(work, cohort, mlflow_server.url, moto_server.url, buckets)
+    from flows.retrain import retrain
+
+    with prefect_test_harness(server_startup_timeout=240):
+        first = retrain(config, seed=1)
+        second = retrain(config, seed=2)
+    return config, first, second
+
+
+def test_second_run_reuses_data_stages_and_registers_a_new_version(two_runs):
+    _, first, second = two_runs
+    assert first["stages"]["qc"]["batches"] == 2  # two ok slides, one per batch, on two Dask workers
+    assert not any(first["stages"][k]["cached"] for k in ("ingest", "qc", "tile", "pretrain"))
+    assert all(second["stages"][k]["cached"] for k in ("ingest", "qc", "tile"))
+    assert not second["stages"]["pretrain"]["cached"]  # new seed, new model
+    assert first["data"]["md5"] == second["data"]["md5"]
+    v1, v2 = (r["stages"]["register"]["record"] for r in (first, second))
+    assert (v1["name"], v1["version"], v2["version"]) == ("pluto-tiny", 1, 2)
+    assert v1["data_hash"] == first["data"]["md5"] and v1["checkpoint"]["uri"].startswith("s3://chain-artifacts/ckpt/")
+    assert first["stages"]["register"]["decision"]["promote"]  # first version: no champion yet
+
+
+def test_runs_are_nested_and_record_data_version_and_git_sha(two_runs):
+    from mlflow.tracking import MlflowClient
+
+    config, first, _ = two_runs
+    client = MlflowClient(config["mlflow"]["tracking_uri"])
+    parent_id = first["mlflow_run"].rsplit("/", 1)[1]
+    children = client.search_runs(
+        [client.get_experiment_by_name("chain-retrain").experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'"
+    )
+    stages = {r.data.tags["pluto.stage"]: r for r in children}
+    assert {"ingest", "qc", "tile", "pretrain", "evaluate", "register"} <= set(stages)
+    assert stages["register"].data.tags["pluto.data_hash"] == first["data"]["md5"]
+    assert all(r.data.tags["pluto.git_sha"] for r in children)
+
+
+def test_data_of_version_1_pulls_into_a_fresh_directory(two_runs, tmp_path):
+    from pluto.data_version import checkout_data, table_hash
+    from pluto.registry.register import get_record
+
+    config, _, _ = two_runs
+    record = get_record(config["mlflow"]["tracking_uri"], "pluto-tiny", version=1)
+    checkout_data(tmp_path, record.data_hash, config["chain"]["dvc_remote"], config["s3"]["endpoint_url"])
+    work = Path(config["paths"]["work_dir"])
+    assert table_hash(tmp_path / "catalog.parquet") == table_hash(work / "catalog.parquet")
+    assert sorted(p.name for p in (tmp_path / "tiles").glob("part-*.parquet")) == sorted(p.name for p in (work / "tiles").glob("part-*.parquet"))
+
+
+def test_champion_serves_embeddings_over_rest(two_runs, tmp_path):
+    from pluto.services import free_port, wait_for_port
+
+    config, _, _ = two_runs
+    port = free_port()
+    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": config["mlflow"]["tracking_uri"]}
+    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen([mlflow_bin, "models", "serve", "--env-manager", "local", "-m", "models:/pluto-tiny@champion",
+                                 "-h", "127.0.0.1", "-p", str(port), "-w", "1"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for_port("127.0.0.1", port, timeout_s=240, proc=proc)
+        batch = np.random.default_rng(0).standard_normal((2, 3, 112, 112)).astype(np.float32)
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": batch.tolist()}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            emb = np.asarray(json.loads(resp.read())["predictions"], dtype=np.float32)
+        assert emb.shape == (2, 96) and np.isfinite(emb).all() and not np.allclose(emb[0], emb[1])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_mlflow_ui_model_page_shows_both_versions_in_headless_chromium(two_runs, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("chromium not installed: apt-get install -y chromium")
+    config, _, _ = two_runs
+    url = f"{config['mlflow']['tracking_uri']}/#/models/pluto-tiny"
+    out = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path}",
+         "--virtual-time-budget=30000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert "pluto-tiny" in out.stdout, out.stderr[-2000:]
+    assert "Version 1" in out.stdout and "Version 2" in out.stdout
