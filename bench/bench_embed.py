@@ -106,10 +106,12 @@ def run(args: argparse.Namespace) -> dict:
         files = ImageFiles(write_files(Path(tmp), args.images, px), px)
         tiles = SlideTiles(tile_manifest(args.images, px), px)
         extract_images_per_s(model, SlideTiles(tile_manifest(2 * args.batch, px), px), args.batch, args.device, 0)  # warm-up
-        raw = raw_images_per_s(model, args.images, args.batch, px, device)
+        raw_before = raw_images_per_s(model, args.images, args.batch, px, device)
         for name, ds in (("files", files), ("slide_tiles", tiles)):
             rows.append({"source": name, "images_per_s": extract_images_per_s(model, ds, args.batch, args.device, args.workers)})
-        rows.insert(0, {"source": "raw (in-memory tensors)", "images_per_s": raw})
+        # raw is timed before and after the loading paths; the faster one is the roofline (a conservative ratio)
+        raw = max(raw_before, raw_images_per_s(model, args.images, args.batch, px, device))
+        rows.insert(0, {"source": "raw (in-memory tensors), best of before/after", "images_per_s": raw})
     for r in rows:
         r["x_raw"] = r["images_per_s"] / raw
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else machine()["cpu"]
