@@ -8,7 +8,8 @@ Roofline: a plain timm `VisionTransformer` of the same width/depth/heads/registe
 patch size, forward+backward on the same crop shapes plus a no-grad forward of a second copy on the
 globals, no heads, no losses (issue 4's definition; DESIGN.md: ~1,250 images/s for ViT-S/16 on
 one H100). images/s counts tiles (one tile = its 2 + n crops). FLOPs per step come from
-`torch.utils.flop_counter.FlopCounterMode` on one step of each path; MFU = achieved FLOP/s / peak
+`torch.utils.flop_counter.FlopCounterMode` on one step of each path; times are the minimum over
+interleaved blocks; MFU = achieved FLOP/s / peak
 (bf16 dense peak of the detected GPU, or `--peak-tflops`; none on CPU).
 
     python -m bench.bench_ssl_step --quick                     # CPU: pluto_tiny, demo crops, batch 4
@@ -23,7 +24,6 @@ import dataclasses
 import datetime as dt
 import json
 import platform
-import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -66,21 +66,27 @@ def make_batch(cfg: SSLConfig, batch: int, patch_size: int, device: torch.device
     }
 
 
-def timed(step, device: torch.device, warmup: int, iters: int, repeats: int) -> float:
-    """Median seconds per call of `step` over `repeats` blocks of `iters` calls, after `warmup` calls."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(iters):
+def timed(steps: dict, device: torch.device, warmup: int, iters: int, repeats: int) -> dict[str, float]:
+    """Seconds per call of each step: blocks of `iters` calls interleaved across steps `repeats` times, min per step.
+
+    Interleaving and the minimum make the ratio robust to other load on the machine (a shared CPU
+    or GPU only ever makes a block slower).
+    """
+    for step in steps.values():
+        for _ in range(warmup):
             step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - t0) / iters)
-    return statistics.median(times)
+    best = {name: float("inf") for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best[name] = min(best[name], (time.perf_counter() - t0) / iters)
+    return best
 
 
 def count_flops(step) -> int:
@@ -160,15 +166,16 @@ def run(args: argparse.Namespace) -> dict:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    rows = []
+    steps = {"roofline_timm": roofline_step, "ssl_step": ssl_step, "ssl_full_step": ssl_full_step}
+    flops = {name: count_flops(step) for name, step in steps.items()}
+    seconds = timed(steps, device, args.warmup, args.iters, args.repeats)
     peak = peak_tflops(device, args.peak_tflops)
-    for name, step in (("roofline_timm", roofline_step), ("ssl_step", ssl_step), ("ssl_full_step", ssl_full_step)):
-        flops = count_flops(step)
-        sec = timed(step, device, args.warmup, args.iters, args.repeats)
-        achieved = flops / sec / 1e12
+    rows = []
+    for name, sec in seconds.items():
+        achieved = flops[name] / sec / 1e12
         rows.append({
             "path": name, "images_per_s": round(args.batch / sec, 2), "step_ms": round(sec * 1e3, 2),
-            "gflop_per_image": round(flops / args.batch / 1e9, 2), "tflops": round(achieved, 4),
+            "gflop_per_image": round(flops[name] / args.batch / 1e9, 2), "tflops": round(achieved, 4),
             "mfu": round(achieved / peak, 4) if peak else None,
         })
     base_rate = rows[0]["images_per_s"]

@@ -57,7 +57,8 @@ def _worker(rank: int, world: int, port: int, logits: torch.Tensor, out: dict) -
         dist.destroy_process_group()
 
 
-def test_centering_across_two_processes_equals_one_process_on_the_global_batch():
+def test_centering_across_two_processes_equals_one_process_on_the_global_batch(monkeypatch):
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # loopback only; no hostname lookup
     torch.manual_seed(0)
     logits = torch.randn(12, 10)
     with mp.Manager() as manager:
