@@ -62,7 +62,9 @@ def test_kill_9_of_a_rank_restarts_and_resumes_on_the_uninterrupted_curve(tmp_pa
     assert ref.wait(ref.submit(ref_cfg), timeout_s=600, poll_s=1) == "succeeded"
 
     cfg = tiny_config(tmp_path / "run", tiles_manifest, steps=steps, ckpt_every=2,
-                      cluster=replace(ref_cfg.cluster, job_name="k", max_restarts=2))
+                      cluster=replace(ref_cfg.cluster, job_name="k", max_restarts=4))
+    # restarts beyond the one the kill needs absorb gloo's occasional full-mesh connect failure when a
+    # rank starts slowly on a loaded 2-core machine (the elastic restart resumes from the checkpoint)
     launcher = LocalLauncher(nnodes=1, nproc_per_node=2)
     job = launcher.submit(cfg)
     _wait_for(lambda: list_checkpoints(tmp_path / "run" / "checkpoints"), 600, "the step-2 checkpoint")
