@@ -41,6 +41,7 @@ def _wait_for(pred, timeout_s: float, what: str) -> None:
 @pytest.mark.slow
 def test_two_nodes_of_two_ranks_with_c10d_then_resume_on_one_rank(tmp_path, tiles_manifest, tiny_config):
     cfg = tiny_config(tmp_path, tiles_manifest, global_batch=8, steps=2, ckpt_every=2)
+    cfg = replace(cfg, cluster=replace(cfg.cluster, max_restarts=2))  # spare restarts: slow gloo start-up under load
     launcher = LocalLauncher(nnodes=2, nproc_per_node=2)
     job = launcher.submit(cfg)
     assert launcher.wait(job, timeout_s=600, poll_s=1) == "succeeded", _logs(tmp_path)
