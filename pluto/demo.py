@@ -102,6 +102,10 @@ def main() -> None:
         if sys.stdin.isatty():
             input("Servers stay up for the UIs; press Enter to stop them. ")
     finally:
+        if "prefect" in sys.modules:  # ship buffered flow-run logs before the API goes away
+            from prefect.logging.handlers import APILogHandler
+
+            APILogHandler.flush()
         for svc in reversed(services):
             svc.stop()
 
