@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="TrainConfig as JSON (written by pluto.train.launch)")
     args = parser.parse_args(argv)
     info = DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                    torchrun="TORCHELASTIC_RUN_ID" in os.environ)
+                    torchrun="TORCHELASTIC_RUN_ID" in os.environ,
+                    restart_count=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)))
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{info.rank} %(name)s %(levelname)s %(message)s")
     with open(args.config) as fh:
         cfg = TrainConfig.from_dict(json.load(fh))

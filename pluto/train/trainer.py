@@ -63,6 +63,7 @@ class DistInfo:
     local_rank: int = 0
     world_size: int = 1
     torchrun: bool = False
+    restart_count: int = 0  # torchrun's TORCHELASTIC_RESTART_COUNT
 
 
 @dataclass
@@ -204,7 +205,11 @@ def train(
     distributed = info.world_size > 1 or info.torchrun
     if distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=info.rank, world_size=info.world_size)
+        # torchrun's env:// store can outlive a restart; keys under a per-attempt prefix keep a
+        # restarted rank from reading a dead peer's address (seen as gloo "connection refused")
+        store, _, _ = next(dist.rendezvous("env://", rank=info.rank, world_size=info.world_size))
+        store = dist.PrefixStore(f"pluto/attempt-{info.restart_count}", store)
+        dist.init_process_group(backend, store=store, rank=info.rank, world_size=info.world_size)
         log.info("process group: backend %s, rank %d of %d", backend, info.rank, info.world_size)
     gpu_bytes = None
     if device.type == "cuda":
