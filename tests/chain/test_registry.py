@@ -29,7 +29,6 @@ def _register(url, model_dir, scores, key, tmp_path, ckpt=None):
     return rec
 
 
-@pytest.mark.slow  # ~8 min on the shared 2-core CI machine under load (3 pyfunc logs + loads)
 def test_register_gate_promote_rollback_and_serve_champion(mlflow_server, tiny_dirs, tmp_path):
     import mlflow
     from mlflow.tracking import MlflowClient
