@@ -9,6 +9,7 @@ the registered model, rendered by headless Chromium, lists both versions.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -36,7 +37,8 @@ def _config(work: Path, src: Path, mlflow_url: str, s3_url: str, buckets: tuple[
     from pluto.ssl import ssl_preset
 
     ssl = {**asdict(ssl_preset("demo")), "global_crop_px": 48, "local_crop_px": 32, "n_local_crops": 2,
-           "head_hidden_dim": 64, "head_bottleneck_dim": 32, "n_prototypes": 256, "ibot_n_prototypes": 256}
+           "head_hidden_dim": 64, "head_bottleneck_dim": 32, "n_prototypes": 256, "ibot_n_prototypes": 256,
+           "koleo_weight": 0.0, "kde_weight": 0.05}  # KoLeo needs >= 4 tiles per GPU (train preflight)
     return {
         "paths": {"work_dir": str(work)},
         "mlflow": {"tracking_uri": mlflow_url, "experiment": "chain-retrain"},
@@ -53,8 +55,6 @@ def _config(work: Path, src: Path, mlflow_url: str, s3_url: str, buckets: tuple[
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, cohort, mlflow_server, moto_server):
-    import os
-
     import boto3
     from prefect.testing.utilities import prefect_test_harness
 
@@ -119,8 +119,9 @@ def test_champion_serves_embeddings_over_rest(two_runs, tmp_path):
 
     config, _, _ = two_runs
     port = free_port()
-    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": config["mlflow"]["tracking_uri"]}
-    mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+    venv_bin = Path(sys.executable).parent  # mlflow execs `uvicorn` from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": config["mlflow"]["tracking_uri"], "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"}
+    mlflow_bin = str(venv_bin / "mlflow")
     with open(tmp_path / "serve.log", "wb") as log:
         proc = subprocess.Popen([mlflow_bin, "models", "serve", "--env-manager", "local", "-m", "models:/pluto-tiny@champion",
                                  "-h", "127.0.0.1", "-p", str(port), "-w", "1"], stdout=log, stderr=subprocess.STDOUT, env=env)
