@@ -309,7 +309,7 @@ app.add_typer(services_app, name="services")
 @services_app.command("up")
 def services_up_cmd(ctx: typer.Context) -> None:
     """Start moto S3, MLflow and Prefect on 127.0.0.1 (state under the work dir); Ctrl-C stops them."""
-    from pluto.demo import start_services
+    from pluto.services import start_services
 
     s = settings_from(ctx)
     services = start_services(s.paths.work_dir.resolve())

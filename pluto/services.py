@@ -120,3 +120,33 @@ def start_mlflow(
     ]
     quiet = {"MLFLOW_ENABLE_TELEMETRY": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
     return _spawn("mlflow", cmd, host, port, log_dir or store_dir, {**quiet, **(env or {})}, 180)
+
+
+def start_prefect(home: Path, port: int | None = None, host: str = LOOPBACK) -> Service:
+    """A Prefect server (API + UI) whose database lives under `home` (PREFECT_HOME)."""
+    port = port or free_port(host)
+    env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": f"http://{host}:{port}/api"}
+    cmd = [_bin("prefect"), "server", "start", "--host", host, "--port", str(port)]
+    return _spawn("prefect", cmd, host, port, home, env, 240)
+
+
+LOCAL_BUCKETS = ("pluto-data", "pluto-artifacts")  # DVC remote, MLflow/checkpoint store
+
+
+def start_services(work: Path) -> list[Service]:
+    """moto S3 (with the local buckets), MLflow and Prefect on 127.0.0.1, state under `work`."""
+    import boto3
+
+    services: list[Service] = []
+    try:
+        services.append(start_moto(log_dir=work / "logs"))
+        s3 = boto3.client("s3", endpoint_url=services[0].url)
+        for bucket in LOCAL_BUCKETS:
+            s3.create_bucket(Bucket=bucket)
+        services.append(start_mlflow(work / "mlflow", log_dir=work / "logs"))
+        services.append(start_prefect(work / "prefect"))
+    except BaseException:
+        for svc in reversed(services):
+            svc.stop()
+        raise
+    return services

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from pluto.atomic import write_with
 from pluto.errors import CheckpointError, PlutoError
 from pluto.models import embed, load_model
 
@@ -152,9 +152,6 @@ def extract_embeddings(
                 on_progress(done, len(dataset))
     out = torch.cat(chunks).numpy() if chunks else np.zeros((0,), np.float32)
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, out)
-        os.replace(tmp, cache_file)
+        write_with(cache_file, lambda p: np.save(p, out))
     log.info("embeddings: %d items, mode %s, patch %d -> %s", len(dataset), mode, ps, tuple(out.shape))
     return out

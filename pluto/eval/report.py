@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from pluto.atomic import write_with
 from pluto.eval.published import published_for
 from pluto.eval.records import EvalRecord
 
@@ -44,12 +44,6 @@ def results_table(records: list[EvalRecord], baselines: dict[str, list[EvalRecor
     return header, rows
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_report(out_dir: Path, records: list[EvalRecord], baselines: dict[str, list[EvalRecord]] | None = None,
                  champion: list[EvalRecord] | None = None, title: str = "PLUTO evaluation") -> dict[str, Path]:
     """Write results.csv, records.json, results.html and results.png under `out_dir`; returns their paths."""
@@ -66,8 +60,8 @@ def write_report(out_dir: Path, records: list[EvalRecord], baselines: dict[str, 
 
     every = {"model": [r.to_dict() for r in records], "champion": [r.to_dict() for r in champion or []],
              "baselines": {k: [r.to_dict() for r in v] for k, v in (baselines or {}).items()}}
-    _atomic_write(paths["csv"], w_csv)
-    _atomic_write(paths["json"], lambda p: p.write_text(json.dumps(every, indent=2)))
+    write_with(paths["csv"], w_csv)
+    write_with(paths["json"], lambda p: p.write_text(json.dumps(every, indent=2)))
     spread = max((r.std for r in records), default=0.0)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     page = (f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>"
@@ -75,8 +69,8 @@ def write_report(out_dir: Path, records: list[EvalRecord], baselines: dict[str, 
             f"<h1>{html.escape(title)}</h1><p>mean ± std over seeds (sample std); largest seed spread {spread:.3f}. "
             "Published numbers appear only where our protocol matches theirs (EVA / HEST ridge).</p>"
             "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + f"</tr>{body}</table>")
-    _atomic_write(paths["html"], lambda p: p.write_text(page))
-    _atomic_write(paths["png"], lambda p: _plot(p, records, baselines or {}, champion or []))
+    write_with(paths["html"], lambda p: p.write_text(page))
+    write_with(paths["png"], lambda p: _plot(p, records, baselines or {}, champion or []))
     return paths
 
 

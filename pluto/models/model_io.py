@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pluto.atomic import write_with
 from pluto.errors import CheckpointError
 from pluto.models.variants import PLUTO_ARCHS
 
@@ -45,12 +45,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_model(model: nn.Module, out_dir: str | Path) -> Path:
     """Write `out_dir/model.safetensors` and `out_dir/config.json`; returns out_dir.
 
@@ -63,7 +57,7 @@ def save_model(model: nn.Module, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _write_atomic(out / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"arch": arch}))
+    write_with(out / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"arch": arch}))
     config = {
         "format_version": FORMAT_VERSION,
         "arch": arch,
@@ -74,7 +68,7 @@ def save_model(model: nn.Module, out_dir: str | Path) -> Path:
         "embed_dim": int(model.embed_dim),
         "weights_sha256": _sha256(out / WEIGHTS_FILE),
     }
-    _write_atomic(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2, sort_keys=True)))
+    write_with(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2, sort_keys=True)))
     logger.info("saved %s (%s) to %s", arch, config["weights_sha256"][:12], out)
     return out
 

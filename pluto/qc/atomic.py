@@ -1,35 +1,15 @@
-"""Atomic file writes: write a temporary file beside the target, fsync, then `os.replace`.
-
-A failed or interrupted stage therefore leaves the previous version of every output intact.
-"""
+"""Atomic writers for the QC outputs (parquet, npz, png) on top of `pluto.atomic`."""
 
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
-
-def write_bytes(path: Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+from pluto.atomic import write_bytes
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> Path:

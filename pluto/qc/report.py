@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from pluto.errors import PlutoError
-from pluto.qc.atomic import encode_png, write_bytes
+from pluto.atomic import write_bytes
+from pluto.qc.atomic import encode_png
 from pluto.qc.run import REASONS, SUMMARY_FILE
 from pluto.qc.slide_qc import load_qc, slide_dir
 

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from pluto.atomic import write_with
 from pluto.errors import PlutoError, QuarantineReason, SlideError
 from pluto.slides.geometry import plan_read
 from pluto.slides.handles import open_slide
@@ -234,9 +235,7 @@ def _merge(catalog_path: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
         log.warning("ingest: %d file(s) duplicate the content of another and are left out: %s", int(dup.sum()), ", ".join(df.loc[dup, "uri"]))
         df = df[~dup]
     df = df.reset_index(drop=True).astype({"width": "int64", "height": "int64", "levels": "int64", "bytes": "int64", "stain_assumed": "bool", "mpp_x": "float64", "mpp_y": "float64", "objective": "float64"})
-    tmp = catalog_path.with_name(f".{catalog_path.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, catalog_path)
+    write_with(catalog_path, lambda p: df.to_parquet(p, index=False))
     return df
 
 

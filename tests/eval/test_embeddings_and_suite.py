@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pluto.eval.embeddings import extract_embeddings, input_px, model_id
-from pluto.eval.images import ArrayImages, ImageFiles, SlideTiles
+from pluto.eval.images import ArrayImages, SlideTiles
 from pluto.eval.linear_probe import QUICK_PROBE, cross_validated_probe
 
 N_PERMUTATIONS = 19  # observed > all 19 label permutations  =>  permutation p-value <= 1/20

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
@@ -29,14 +28,6 @@ def pyramids(tmp_path_factory, cmu_rgb: np.ndarray) -> dict[str, Path]:
         "jpeg": write_pyramid(d / "jpeg.tiff", cmu_rgb, 0.25, 3),
         "no_mpp": write_pyramid(d / "no_mpp.tiff", cmu_rgb[:1024, :1536], None, 2),
     }
-
-
-def area_reference(level0: np.ndarray, x_l0: int, y_l0: int, size_l0: int, tile_px: int) -> np.ndarray:
-    """The tile as it should be: the level-0 square (white outside the slide) area-resized to tile_px."""
-    region = np.full((size_l0, size_l0, 3), 255, np.uint8)
-    sub = level0[y_l0 : y_l0 + size_l0, x_l0 : x_l0 + size_l0]
-    region[: sub.shape[0], : sub.shape[1]] = sub
-    return cv2.resize(region, (tile_px, tile_px), interpolation=cv2.INTER_AREA)
 
 
 @pytest.fixture(autouse=True)

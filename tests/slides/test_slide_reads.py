@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
-from conftest import area_reference
 
 from pluto.errors import PlutoError
 from pluto.slides import best_level, open_slide, plan_read, read_thumbnail, read_tile
 
 TILE_PX = 224
+
+
+def area_reference(level0: np.ndarray, x_l0: int, y_l0: int, size_l0: int, tile_px: int) -> np.ndarray:
+    """The tile as it should be: the level-0 square (white outside the slide) area-resized to tile_px."""
+    region = np.full((size_l0, size_l0, 3), 255, np.uint8)
+    sub = level0[y_l0 : y_l0 + size_l0, x_l0 : x_l0 + size_l0]
+    region[: sub.shape[0], : sub.shape[1]] = sub
+    return cv2.resize(region, (tile_px, tile_px), interpolation=cv2.INTER_AREA)
 
 
 def _mae(a: np.ndarray, b: np.ndarray) -> float:

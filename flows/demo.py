@@ -6,7 +6,7 @@ runs the `retrain` flow (ingest -> QC -> tile -> DVC data version -> pretrain ->
 register -> gate) and prints the UI addresses. MLflow and Prefect state persist in the work dir,
 so a second run with unchanged slides takes the data stages from the Prefect cache, trains with a
 new seed and registers a second version of `pluto-tiny`. moto keeps its objects in memory: the S3
-copies (DVC remote, checkpoints) live as long as the demo. Run: `python -m pluto.demo`.
+copies (DVC remote, checkpoints) live as long as the demo. Run: `python -m flows.demo`. It lives in flows/ because it drives Prefect; pluto/ never imports it.
 """
 
 from __future__ import annotations
@@ -19,39 +19,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pluto.config import load_settings
-from pluto.services import Service, _bin, _spawn, free_port, start_mlflow, start_moto
+from pluto.services import start_services
 
 log = logging.getLogger("pluto.demo")
-
-DEMO_BUCKETS = ("pluto-data", "pluto-artifacts")
-
-
-def start_prefect(home: Path, port: int | None = None, host: str = "127.0.0.1") -> Service:
-    """A Prefect server (API + UI) whose database lives under `home` (PREFECT_HOME)."""
-    port = port or free_port(host)
-    env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_API_URL": f"http://{host}:{port}/api"}
-    cmd = [_bin("prefect"), "server", "start", "--host", host, "--port", str(port)]
-    return _spawn("prefect", cmd, host, port, home, env, 240)
-
-
-def start_services(work: Path) -> list[Service]:
-    """moto S3 (with the demo buckets), MLflow and Prefect on 127.0.0.1, state under `work`."""
-    import boto3
-
-    services: list[Service] = []
-    try:
-        services.append(start_moto(log_dir=work / "logs"))
-        s3 = boto3.client("s3", endpoint_url=services[0].url)
-        for bucket in DEMO_BUCKETS:
-            s3.create_bucket(Bucket=bucket)
-        services.append(start_mlflow(work / "mlflow", log_dir=work / "logs"))
-        services.append(start_prefect(work / "prefect"))
-    except BaseException:
-        for svc in reversed(services):
-            svc.stop()
-        raise
-    return services
-
 
 def demo_overrides(work_dir: Path, mlflow_url: str, s3_url: str) -> dict:
     """Settings for the CPU demo: small tiles and crops, a short pretraining, the quick eval preset."""
@@ -63,7 +33,7 @@ def demo_overrides(work_dir: Path, mlflow_url: str, s3_url: str) -> dict:
         "s3": {"endpoint_url": s3_url},
         "tiling": {"mpps": [0.5, 1.0, 2.0], "tile_pxs": [224]},
         "train": {
-            "arch": "pluto_tiny", "ssl": asdict(ssl_preset("demo")), "steps": 120, "batch_per_gpu": 8,
+            "arch": "pluto_tiny", "ssl": asdict(ssl_preset("demo")), "steps": 200, "batch_per_gpu": 8,
             "global_batch": 8, "precision": "fp32", "num_workers": 0, "ckpt_every": 60, "keep_ckpts": 2,
         },
         "eval": {"preset": "quick", "baselines": False, "cache_dir": str(work_dir / "embeddings")},
