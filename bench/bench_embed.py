@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.bench_read import machine
-from bench.readme_section import write_section
+from bench.common import machine, write_section
 
 REPO = Path(__file__).resolve().parent.parent
 SLIDE = REPO.parent / "shared" / "data" / "wsi" / "CMU-1-Small-Region.svs"

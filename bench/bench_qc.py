@@ -28,12 +28,11 @@ from typing import Callable
 
 import numpy as np
 
-from bench.bench_read import machine
+from bench.common import machine, write_section
 
 REPO = Path(__file__).resolve().parent.parent
 TILE_PX = 224
 BATCH = 64
-README_START, README_END = "<!-- bench_qc:start -->", "<!-- bench_qc:end -->"
 
 
 def slide_tiles(n: int, seed: int = 0) -> np.ndarray:
@@ -137,17 +136,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(table: str) -> None:
-    readme = REPO / "bench" / "README.md"
-    text = readme.read_text() if readme.is_file() else "# Benchmarks\n"
-    section = f"{README_START}\n## bench_qc: QC filters per core\n\n`python -m bench.bench_qc` (see its docstring).\n\n{table}\n{README_END}"
-    if README_START in text:
-        text = text[: text.index(README_START)] + section + text[text.index(README_END) + len(README_END) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    readme.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> dict:
     import cv2
 
@@ -183,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.write_text(json.dumps(result, indent=2))
     table = markdown(result)
     if not args.no_readme:
-        update_readme(table)
+        write_section("bench_qc", "QC filters per core", table)
     print(table)  # noqa: T201 - a benchmark script reports on stdout
     return result
 

@@ -20,18 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from bench.common import machine, write_section
+
 REPO = Path(__file__).resolve().parent.parent
 TILE_PX = 224
 MPPS = (0.25, 0.5, 1.0, 2.0)
-README_START, README_END = "<!-- bench_read:start -->", "<!-- bench_read:end -->"
 
 
 def mirrored_source(tissue: np.ndarray) -> Callable[[int, int, int, int], np.ndarray]:
@@ -145,19 +144,6 @@ def bench_slide(name: str, path: Path, n_tiles: int, n_geometry: int) -> list[di
     return rows
 
 
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return {"node": platform.node(), "cpu": cpu, "python": platform.python_version(), "git_sha": sha}
-
-
 def markdown(result: dict) -> str:
     rows = result["rows"]
     lines = [
@@ -177,17 +163,6 @@ def markdown(result: dict) -> str:
     lines += ["", "Cores to feed one GPU at 1,000 tiles/s with the PLUTO path (large pyramid): "
               + ", ".join(f"{k} um/px: {v}" for k, v in result["cores_for_1000_tiles_per_s"].items())]
     return "\n".join(lines)
-
-
-def update_readme(table: str) -> None:
-    readme = REPO / "bench" / "README.md"
-    text = readme.read_text() if readme.is_file() else "# Benchmarks\n"
-    section = f"{README_START}\n## bench_read: tile reads per core\n\n`python -m bench.bench_read` (see its docstring).\n\n{table}\n{README_END}"
-    if README_START in text:
-        text = text[: text.index(README_START)] + section + text[text.index(README_END) + len(README_END) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    readme.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -223,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.write_text(json.dumps(result, indent=2))
     table = markdown(result)
     if not args.no_readme:
-        update_readme(table)
+        write_section("bench_read", "tile reads per core", table)
     print(table)  # noqa: T201 - a benchmark script reports on stdout
     return result
 
