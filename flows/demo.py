@@ -43,6 +43,7 @@ def demo_overrides(work_dir: Path, mlflow_url: str, s3_url: str) -> dict:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     for key in ("PREFECT_SERVER_ANALYTICS_ENABLED", "GX_ANALYTICS_ENABLED", "MLFLOW_ENABLE_TELEMETRY"):
         os.environ.setdefault(key, "false")
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "demo")  # moto accepts any key; real S3 uses your AWS config
@@ -73,9 +74,9 @@ def main() -> None:
             input("Servers stay up for the UIs; press Enter to stop them. ")
     finally:
         if "prefect" in sys.modules:  # ship buffered flow-run logs before the API goes away
-            from prefect.logging.handlers import APILogHandler
+            from prefect.logging.handlers import APILogWorker
 
-            APILogHandler.flush()
+            APILogWorker.drain_all(timeout=5)
         for svc in reversed(services):
             svc.stop()
 
