@@ -17,7 +17,7 @@ from prefect.tasks import exponential_backoff
 
 from pluto.config import Settings, load_settings
 from pluto.registry.provenance import git_sha
-from pluto.registry.tracker import Tracker
+from pluto.tracking import Tracker
 
 
 def resolve(config: dict[str, Any] | None = None) -> Settings:
@@ -61,9 +61,9 @@ def stage_run(s: Settings, stage: str, parent_run_id: str | None, data_hash: str
     tags = {"pluto.stage": stage, "pluto.git_sha": git_sha()}
     if data_hash:
         tags["pluto.data_hash"] = data_hash
-    return Tracker.start(
-        s.mlflow.tracking_uri, s.mlflow.experiment, stage,
-        fallback_dir=s.paths.work_dir / "tracking", parent_run_id=parent_run_id, tags=tags,
+    return Tracker(
+        s.paths.work_dir / "tracking" / f"{stage}.jsonl", s.mlflow.tracking_uri, s.mlflow.experiment, stage,
+        parent_run_id=parent_run_id or "", tags=tags, connect_now=True,
     )
 
 

@@ -3,12 +3,15 @@
 One parent MLflow run; every stage's run is nested under it and records the git sha and the DVC
 data version. The data plane shares one Dask cluster (an existing one from `chain.dask_address`,
 else a LocalCluster on 127.0.0.1 started here). Unchanged stages come from the Prefect cache.
+With `chain.warm_start == "champion"` pretraining starts from the registered champion's weights
+(downloaded into WORK/champion/v<N>); the first run, with no champion yet, trains from scratch.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
@@ -22,9 +25,18 @@ from flows.qc import qc_flow
 from flows.register import register_flow
 from flows.tile import tile_flow
 from pluto.registry.provenance import git_sha
-from pluto.registry.tracker import Tracker
+from pluto.registry.register import model_name
+from pluto.tracking import Tracker
 
 log = logging.getLogger(__name__)
+
+
+@task
+def champion_model_dir(tracking_uri: str, name: str, dest_dir: str) -> str:
+    from pluto.registry.register import download_model_dir
+
+    found = download_model_dir(tracking_uri, name, Path(dest_dir))
+    return str(found) if found else ""
 
 
 @task
@@ -50,9 +62,9 @@ def retrain(config: dict[str, Any] | None = None, seed: int | None = None, launc
 
         cluster = LocalCluster(n_workers=s.chain.dask_workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=None)
         config = _with_dask_address(config, cluster.scheduler_address)
-    parent = Tracker.start(
-        s.mlflow.tracking_uri, s.mlflow.experiment, "retrain", fallback_dir=s.paths.work_dir / "tracking",
-        tags={"pluto.git_sha": git_sha(), "pluto.flow": "retrain"}, system_metrics=True,
+    parent = Tracker(
+        s.paths.work_dir / "tracking" / "retrain.jsonl", s.mlflow.tracking_uri, s.mlflow.experiment, "retrain",
+        tags={"pluto.git_sha": git_sha(), "pluto.flow": "retrain"}, connect_now=True, system_metrics=True,
     )
     if parent.url:
         create_link_artifact(key="mlflow-retrain-run", link=parent.url, link_text="MLflow retrain run")
@@ -66,9 +78,14 @@ def retrain(config: dict[str, Any] | None = None, seed: int | None = None, launc
         }
         data = io_retries(commit_data_version, s)(str(s.paths.work_dir), s.chain.dvc_remote, s.s3.endpoint_url)
         parent.set_tags({"pluto.data_hash": data["md5"]})
+        init_from = ""
         if s.chain.warm_start == "champion":
-            log.warning("warm start from the champion requested, but pluto.train has no init-from option yet: training from scratch")
-        stages["pretrain"] = pretrain_flow(config, data["md5"], seed, launcher, nproc, parent.run_id)
+            init_from = io_retries(champion_model_dir, s)(
+                s.mlflow.tracking_uri, model_name(s.train.arch), str(s.paths.work_dir / "champion")
+            )
+            log.info("warm start: %s", init_from or "no champion yet, training from scratch")
+        parent.set_tags({"pluto.init_from": init_from or "scratch"})
+        stages["pretrain"] = pretrain_flow(config, data["md5"], seed, launcher, nproc, parent.run_id, init_from)
         stages["evaluate"] = evaluate_flow(config, stages["pretrain"]["model_dir"], data["md5"], parent.run_id)
         stages["register"] = register_flow(
             config, stages["pretrain"]["model_dir"], stages["pretrain"]["run_dir"], stages["evaluate"], data["md5"], parent.run_id
@@ -76,7 +93,7 @@ def retrain(config: dict[str, Any] | None = None, seed: int | None = None, launc
         parent.log_metrics({"suite_score": stages["evaluate"]["score"]})
         status = "FINISHED"
     finally:
-        parent.end(status)
+        parent.close(status)
         if cluster is not None:
             cluster.close()
     return {"seed": seed, "data": data, "mlflow_run": parent.url, "stages": stages}

@@ -266,13 +266,13 @@ def register_cmd(
     from pluto.registry.gate import SuiteScores
     from pluto.registry.provenance import git_sha
     from pluto.registry.register import gate, register_model
-    from pluto.registry.tracker import Tracker
+    from pluto.tracking import Tracker
 
     s = settings_from(ctx)
     scores = SuiteScores.from_suite(json.loads(suite.read_text()))
     data = data_hash or read_version(s.paths.work_dir).md5
-    with Tracker.start(s.mlflow.tracking_uri, s.mlflow.experiment, "register", fallback_dir=s.paths.work_dir / "tracking",
-                       tags={"pluto.data_hash": data, "pluto.git_sha": git_sha()}) as run:
+    with Tracker(s.paths.work_dir / "tracking" / "register.jsonl", s.mlflow.tracking_uri, s.mlflow.experiment, "register",
+                 tags={"pluto.data_hash": data, "pluto.git_sha": git_sha()}, connect_now=True) as run:
         from pluto.registry.checkpoint_store import sha256_file
 
         key = f"{sha256_file(model_dir / 'model.safetensors')[:16]}-{data[:16]}-{scores.suite_version}"

@@ -1,4 +1,4 @@
-"""Rank-0 tracker: JSONL always, MLflow via a background sender that survives a dead server."""
+"""Tracker: JSONL always, MLflow via a background sender that survives a dead server; nested runs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 
 from pluto.services import free_port, start_mlflow
-from pluto.train.tracking import MetricsTracker
+from pluto.tracking import PARENT_TAG, Tracker
 
 
 def _history(url: str, run_id: str, key: str) -> list[tuple[int, float]]:
@@ -17,18 +17,60 @@ def _history(url: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in MlflowClient(url).get_metric_history(run_id, key))
 
 
+def _records(path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
 @pytest.mark.integration
 def test_metrics_reach_real_mlflow_and_jsonl(tmp_path, mlflow_server):
-    with MetricsTracker(tmp_path / "run", mlflow_server.url, experiment="t-train", run_name="ok") as tr:
+    with Tracker(tmp_path / "run" / "metrics.jsonl", mlflow_server.url, experiment="t-train", run_name="ok") as tr:
         tr.log_params({"arch": "pluto_tiny", "lr": 1e-3})
         for step in range(3):
             tr.log_metrics({"loss": 10.0 - step, "lr": 1e-3}, step=step)
     assert _history(mlflow_server.url, tr.run_id, "loss") == [(0, 10.0), (1, 9.0), (2, 8.0)]
     from mlflow.tracking import MlflowClient
 
-    assert MlflowClient(mlflow_server.url).get_run(tr.run_id).data.params["arch"] == "pluto_tiny"
-    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["loss"] for r in lines if "loss" in r] == [10.0, 9.0, 8.0]
+    run = MlflowClient(mlflow_server.url).get_run(tr.run_id)
+    assert run.data.params["arch"] == "pluto_tiny" and run.info.status == "FINISHED"
+    assert [r["loss"] for r in _records(tmp_path / "run" / "metrics.jsonl") if "loss" in r] == [10.0, 9.0, 8.0]
+
+
+@pytest.mark.integration
+def test_nested_run_with_tags_and_artifact_and_failed_status(tmp_path, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    url = mlflow_server.url
+    report = tmp_path / "report.json"
+    report.write_text('{"ok": true}')
+    parent = Tracker(tmp_path / "parent.jsonl", url, "t-nested", "parent", connect_now=True)
+    assert parent.run_id and parent.url.endswith(f"/runs/{parent.run_id}")  # known on return: children need it
+    with pytest.raises(RuntimeError), Tracker(tmp_path / "child.jsonl", url, "t-nested", "child", parent_run_id=parent.run_id,
+                                              tags={"pluto.stage": "qc"}, connect_now=True) as child:
+        child.set_tags({"pluto.cached": False})
+        child.log_artifact(report, "reports")
+        raise RuntimeError("stage failed")
+    parent.close()
+    client = MlflowClient(url)
+    got = client.get_run(child.run_id)
+    assert got.data.tags[PARENT_TAG] == parent.run_id and got.data.tags["pluto.stage"] == "qc"
+    assert got.data.tags["pluto.cached"] == "False" and got.info.status == "FAILED"
+    assert [a.path for a in client.list_artifacts(child.run_id, "reports")] == ["reports/report.json"]
+    assert client.get_run(parent.run_id).info.status == "FINISHED"
+    assert _records(tmp_path / "child.jsonl")[0]["tags"] == {"pluto.stage": "qc", PARENT_TAG: parent.run_id}
+
+
+@pytest.mark.integration
+def test_a_refused_param_change_on_resume_does_not_block_metrics(tmp_path, mlflow_server):
+    run_dir = tmp_path / "run"
+    kw = {"run_id_path": run_dir / "mlflow_run_id", "experiment": "t-resume"}
+    with Tracker(run_dir / "metrics.jsonl", mlflow_server.url, **kw) as first:
+        first.log_params({"world_size": 2})
+        first.log_metrics({"loss": 1.0}, step=1)
+    with Tracker(run_dir / "metrics.jsonl", mlflow_server.url, **kw) as again:
+        again.log_params({"world_size": 1})  # MLflow params are immutable: the server answers 400
+        again.log_metrics({"loss": 0.5}, step=2)
+    assert again.run_id == first.run_id and again.pending == 0
+    assert _history(mlflow_server.url, first.run_id, "loss") == [(1, 1.0), (2, 0.5)]
 
 
 @pytest.mark.integration
@@ -38,7 +80,9 @@ def test_dead_server_never_blocks_and_metrics_arrive_once_it_is_back(tmp_path, m
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    tr = MetricsTracker(tmp_path / "run", url, experiment="t-down", retry_min_s=0.2, retry_max_s=1.0)
+    run_dir = tmp_path / "run"
+    kw = {"experiment": "t-down", "run_id_path": run_dir / "mlflow_run_id"}
+    tr = Tracker(run_dir / "metrics.jsonl", url, retry_min_s=0.2, retry_max_s=1.0, **kw)
     for step in range(5):
         tr.log_metrics({"loss": float(step)}, step=step)  # server down: returns at once
     assert tr.pending == 5 and tr.run_id is None
@@ -52,7 +96,7 @@ def test_dead_server_never_blocks_and_metrics_arrive_once_it_is_back(tmp_path, m
         assert tr.pending == 0 and not tr.down
         assert _history(url, tr.run_id, "loss") == [(s, float(s)) for s in range(6)]
         # a restarted process re-attaches to the same MLflow run through run_dir/mlflow_run_id
-        with MetricsTracker(tmp_path / "run", url, experiment="t-down") as again:
+        with Tracker(run_dir / "metrics.jsonl", url, **kw) as again:
             again.log_metrics({"loss": 6.0}, step=6)
         assert again.run_id == tr.run_id and _history(url, tr.run_id, "loss")[-1] == (6, 6.0)
     finally:
@@ -61,18 +105,35 @@ def test_dead_server_never_blocks_and_metrics_arrive_once_it_is_back(tmp_path, m
 
 def test_close_does_not_wait_on_a_dead_server(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    tr = MetricsTracker(tmp_path, f"http://127.0.0.1:{free_port()}", retry_min_s=0.1)
+    tr = Tracker(tmp_path / "metrics.jsonl", f"http://127.0.0.1:{free_port()}", retry_min_s=0.1)
     tr.log_metrics({"loss": 1.0}, step=1)
     deadline = time.monotonic() + 30
     while not tr.down and time.monotonic() < deadline:
         time.sleep(0.1)
     tr.close(timeout_s=120)  # returns without draining: the point stays in the JSONL record
-    assert tr.down and tr.pending == 1
+    assert tr.down and tr.pending == 1 and tr.url == ""
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["loss"] == 1.0
 
 
+def test_a_dead_server_at_start_leaves_a_complete_jsonl_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    path = tmp_path / "tracking" / "qc.jsonl"
+    with Tracker(path, f"http://127.0.0.1:{free_port()}", "t", "qc", parent_run_id="p1", tags={"pluto.stage": "qc"},
+                 connect_now=True) as tr:
+        assert tr.down and tr.run_id is None
+        tr.log_params({"batches": 2})
+        tr.log_metrics({"slides_ok": 3.0})
+        tr.log_artifact(tmp_path / "report.html")
+    assert _records(path) == [
+        {"tags": {"pluto.stage": "qc", PARENT_TAG: "p1"}},
+        {"params": {"batches": "2"}},
+        {"step": 0, "t_ms": _records(path)[2]["t_ms"], "slides_ok": 3.0},
+        {"artifact": str(tmp_path / "report.html"), "artifact_path": None},
+    ]
+
+
 def test_without_uri_only_jsonl_is_written(tmp_path):
-    with MetricsTracker(tmp_path) as tr:
+    with Tracker(tmp_path / "metrics.jsonl") as tr:
         tr.log_metrics({"loss": 1.5}, step=0)
     assert tr.pending == 0 and tr.run_id is None
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["loss"] == 1.5

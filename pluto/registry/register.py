@@ -94,6 +94,31 @@ def get_record(tracking_uri: str, name: str, version: int | None = None, alias: 
     return ModelRecord.from_version(mv)
 
 
+def download_model_dir(tracking_uri: str, name: str, dest_dir: Path, alias: str = CHAMPION) -> Path | None:
+    """The `pluto.models.save_model` directory of `name@alias`, downloaded under `dest_dir/v<version>`
+    (reused when already there; a download lands in `.part` and is renamed when complete); None when
+    the alias is not set (e.g. no champion before the first run)."""
+    import shutil
+
+    import mlflow
+    from mlflow.models import Model
+    from mlflow.tracking import MlflowClient
+
+    version = current_version(MlflowClient(tracking_uri), name, alias)
+    if version is None:
+        return None
+    local = Path(dest_dir) / f"v{version}"
+    if not local.is_dir():
+        part = local.with_name(local.name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(part), tracking_uri=tracking_uri)
+        part.rename(local)
+    artifact = Model.load(str(local / "MLmodel")).flavors["python_function"]["artifacts"]["model_dir"]["path"]
+    log.info("%s@%s is v%d: model dir %s", name, alias, version, local / artifact)
+    return local / artifact
+
+
 def _find_by_key(client: Any, name: str, key: str) -> Any | None:
     hits = client.search_model_versions(f"name = '{name}' and tags.`{TAG_KEY}` = '{key}'")
     return min(hits, key=lambda mv: int(mv.version)) if hits else None

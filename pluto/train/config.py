@@ -92,6 +92,10 @@ class TrainConfig:
     tracking_uri: str = ""  # MLflow server; empty = JSONL file only
     experiment: str = "pluto-pretrain"
     run_name: str = ""
+    parent_run_id: str = ""  # MLflow run this run nests under (tag mlflow.parentRunId), e.g. the retrain flow's
+    # a pluto.models.save_model directory whose weights start BOTH backbones (heads fresh) when the run
+    # has no checkpoint yet; a resume ignores it (the checkpoint holds the newer weights)
+    init_from: str = ""
     peak_tflops: float | None = None  # per-GPU dense bf16 peak for MFU; None: from the device name
     gpu_memory_gb: float | None = None  # per-GPU memory for the preflight; None: query the device
     cluster: ClusterSpec = field(default_factory=ClusterSpec)

@@ -135,6 +135,23 @@ def restore_state(obj: nn.Module, optimizer: torch.optim.Optimizer, state: dict[
     restore_rng(state["rng"])
 
 
+def warm_start(obj: nn.Module, model_dir: str | Path, arch: str) -> None:
+    """Load a saved pluto model's weights (safetensors, hash-checked) into the student and the teacher
+    backbone; the DINO/iBOT heads keep their fresh initialisation. Another arch is refused."""
+    from pluto.models import load_model, read_config
+
+    saved = read_config(model_dir)["arch"]
+    if saved != arch:
+        raise CheckpointError(f"{model_dir}: init_from holds a {saved} model, this run trains {arch}; refusing to warm-start")
+    weights = load_model(model_dir).state_dict()
+    for tower in (obj.student, obj.teacher):
+        try:
+            tower["backbone"].load_state_dict(weights)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{model_dir}: weights do not fit this run's {arch} backbone ({exc})") from exc
+    log.info("warm start: student and teacher backbones from %s", model_dir)
+
+
 def _check_resumable(meta: CheckpointMeta, cfg: TrainConfig, path: Path) -> None:
     saved = TrainConfig.from_dict(meta.config)
     for name in ("arch", "global_batch", "seed"):
@@ -236,6 +253,8 @@ def train(
         step, sample_index, nan_skipped = meta.step, meta.global_sample_index, meta.nan_skipped
         log.info("resumed from %s: step %d, global sample %d (saved at world size %d, now %d)",
                  path, step, sample_index, meta.world_size, info.world_size)
+    elif cfg.init_from:
+        warm_start(obj, cfg.init_from, cfg.arch)
 
     model: nn.Module = obj
     if distributed:
@@ -249,9 +268,10 @@ def train(
     batches = iter(loader)
     tracker = None
     if is_main:
-        from pluto.train.tracking import MetricsTracker
+        from pluto.tracking import Tracker
 
-        tracker = MetricsTracker(run_dir, cfg.tracking_uri, cfg.experiment, cfg.run_name or run_dir.name)
+        tracker = Tracker(run_dir / "metrics.jsonl", cfg.tracking_uri, cfg.experiment, cfg.run_name or run_dir.name,
+                          parent_run_id=cfg.parent_run_id, run_id_path=run_dir / "mlflow_run_id")
         tracker.log_params({"world_size": info.world_size, "accumulation_steps": accum, "bucket_cap_mb": cfg.resolved_bucket_cap_mb,
                             **{k: v for k, v in cfg.to_dict().items() if k != "ssl"},
                             **{f"ssl.{k}": v for k, v in cfg.ssl.to_dict().items()}})
@@ -273,6 +293,7 @@ def train(
             dist.barrier()
 
     obj.train()
+    status = "FAILED"
     try:
         with _StopFlag() as stop:
             while step < cfg.steps:
@@ -359,8 +380,9 @@ def train(
 
             export_dir = save_model(obj.teacher["backbone"], run_dir / "export")
             log.info("teacher backbone exported to %s", export_dir)
+        status = "KILLED" if preempted else "FINISHED"
     finally:
         if tracker is not None:
-            tracker.close()
+            tracker.close(status)
     return TrainResult(step, sample_index, nan_skipped, preempted, export_dir, history)
 

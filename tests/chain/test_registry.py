@@ -12,7 +12,7 @@ from pluto.registry.checkpoint_store import CheckpointRef, download_checkpoint, 
 from pluto.registry.gate import SuiteScores
 from pluto.registry.promotion import promote, read_log, rollback
 from pluto.registry.register import get_record, gate, register_model
-from pluto.registry.tracker import Tracker
+from pluto.tracking import Tracker
 
 pytestmark = pytest.mark.integration
 
@@ -22,11 +22,9 @@ BETTER = SuiteScores("1", 0.84, {"crc": 0.88, "mag": 0.80}, {"crc": 0.01, "mag":
 
 
 def _register(url, model_dir, scores, key, tmp_path, ckpt=None):
-    run = Tracker.start(url, "chain-tests", f"register-{key}", fallback_dir=tmp_path)
-    rec = register_model(model_dir, tracking_uri=url, run_id=run.run_id, scores=scores, data_hash="d" * 32,
-                         git_sha="abc", idempotency_key=key, checkpoint=ckpt)
-    run.end()
-    return rec
+    with Tracker(tmp_path / f"register-{key}.jsonl", url, "chain-tests", f"register-{key}", connect_now=True) as run:
+        return register_model(model_dir, tracking_uri=url, run_id=run.run_id, scores=scores, data_hash="d" * 32,
+                              git_sha="abc", idempotency_key=key, checkpoint=ckpt)
 
 
 def test_register_gate_promote_rollback_and_serve_champion(mlflow_server, tiny_dirs, tmp_path):
