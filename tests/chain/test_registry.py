@@ -11,7 +11,7 @@ from pluto.errors import PlutoError
 from pluto.registry.checkpoint_store import CheckpointRef, download_checkpoint, upload_checkpoint
 from pluto.registry.gate import SuiteScores
 from pluto.registry.promotion import promote, read_log, rollback
-from pluto.registry.register import get_record, gate, register_model
+from pluto.registry.register import download_model_dir, get_record, gate, register_model
 from pluto.tracking import Tracker
 
 pytestmark = pytest.mark.integration
@@ -70,6 +70,13 @@ def test_register_gate_promote_rollback_and_serve_champion(mlflow_server, tiny_d
     assert emb.shape == (3, 96) and np.isfinite(emb).all()
     rec = get_record(url, v1.name, alias="champion")
     assert rec.version == v2.version and rec.data_hash == "d" * 32 and rec.scores == WORSE
+
+    from pluto.models import read_config
+
+    champ = download_model_dir(url, v1.name, tmp_path / "champion")  # what a retrain warm-starts from
+    assert champ.is_relative_to(tmp_path / "champion" / f"v{v2.version}")
+    assert read_config(champ)["weights_sha256"] == read_config(tiny_dirs[1])["weights_sha256"]
+    assert download_model_dir(url, "pluto-4g", tmp_path / "champion") is None  # no champion yet
 
 
 def test_checkpoint_multipart_upload_is_content_addressed(s3_buckets, tmp_path):
