@@ -87,6 +87,15 @@ def test_second_run_reuses_data_stages_and_registers_a_new_version(two_runs):
     assert first["stages"]["register"]["decision"]["promote"]  # first version: no champion yet
 
 
+def test_second_run_warm_starts_from_the_champion_of_the_first(two_runs):
+    from mlflow.tracking import MlflowClient
+
+    config, first, second = two_runs
+    client = MlflowClient(config["mlflow"]["tracking_uri"])
+    tags = [client.get_run(r["mlflow_run"].rsplit("/", 1)[1]).data.tags["pluto.init_from"] for r in (first, second)]
+    assert tags[0] == "scratch" and "/champion/v1/" in tags[1]  # no champion before the first run
+
+
 def test_runs_are_nested_and_record_data_version_and_git_sha(two_runs):
     from mlflow.tracking import MlflowClient
 
