@@ -54,7 +54,17 @@ def _config(work: Path, src: Path, mlflow_url: str, s3_url: str, buckets: tuple[
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory, cohort, mlflow_server, moto_server):
+def own_mlflow(tmp_path_factory):
+    """A registry of its own: other modules register pluto-tiny too, and versions here must start at 1."""
+    from pluto.services import start_mlflow
+
+    svc = start_mlflow(tmp_path_factory.mktemp("retrain-mlflow"))
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, cohort, own_mlflow, moto_server):
     import boto3
     from prefect.testing.utilities import prefect_test_harness
 
@@ -65,7 +75,7 @@ def two_runs(tmp_path_factory, cohort, mlflow_server, moto_server):
     for b in buckets:
         s3.create_bucket(Bucket=b)
     work = tmp_path_factory.mktemp("work")
-    config = _config(work, cohort, mlflow_server.url, moto_server.url, buckets)
+    config = _config(work, cohort, own_mlflow.url, moto_server.url, buckets)
     from flows.retrain import retrain
 
     with prefect_test_harness(server_startup_timeout=240):
