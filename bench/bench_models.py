@@ -16,13 +16,13 @@ import json
 import platform
 import statistics
 import subprocess
-import time
 from pathlib import Path
 
 import timm
 import torch
 
 import pluto.models  # noqa: F401  (registers pluto_4s)
+from bench.common import seconds_per_call
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,14 +42,7 @@ def images_per_s(model: torch.nn.Module, forward, x: torch.Tensor, warmup: int, 
         step()
     rates = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        rates.append(steps * x.shape[0] / (time.perf_counter() - t0))
+        rates.append(x.shape[0] / seconds_per_call(step, steps, device))
     return statistics.median(rates)
 
 

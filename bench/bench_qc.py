@@ -21,14 +21,13 @@ naive per-box slice-and-mean over the mask. One process, cv2 single-threaded, af
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from bench.common import machine, write_section
+from bench.common import machine, publish
 
 REPO = Path(__file__).resolve().parent.parent
 TILE_PX = 224
@@ -166,13 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
         "max_abs_diff_hsv": float(np.abs(hsv_p - hsv_n).max()),
         "blur_rank_corr": float(np.corrcoef(ranks(blur_p), ranks(blur_n))[0, 1]),
     }
-    out = REPO / "bench" / "results" / f"bench_qc-{'quick-' if args.quick else ''}{result['machine']['git_sha']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    table = markdown(result)
-    if not args.no_readme:
-        write_section("bench_qc", "QC filters per core", table)
-    print(table)  # noqa: T201 - a benchmark script reports on stdout
+    publish("bench_qc", "QC filters per core", result, markdown(result), quick=args.quick, readme=not args.no_readme)
     return result
 
 

@@ -18,7 +18,6 @@ where the reference is the level-0 square area-resized to 224 px. Single process
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from bench.common import machine, write_section
+from bench.common import machine, publish
 
 REPO = Path(__file__).resolve().parent.parent
 TILE_PX = 224
@@ -193,13 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rows": rows,
         "cores_for_1000_tiles_per_s": {f"{m:g}": math.ceil(1000 / tps) for m, tps in pluto_big.items()},
     }
-    out = REPO / "bench" / "results" / f"bench_read-{'quick-' if args.quick else ''}{result['machine']['git_sha']}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    table = markdown(result)
-    if not args.no_readme:
-        write_section("bench_read", "tile reads per core", table)
-    print(table)  # noqa: T201 - a benchmark script reports on stdout
+    publish("bench_read", "tile reads per core", result, markdown(result), quick=args.quick, readme=not args.no_readme)
     return result
 
 

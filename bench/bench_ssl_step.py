@@ -25,7 +25,6 @@ import datetime as dt
 import json
 import platform
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch.utils.flop_counter import FlopCounterMode
 
 import pluto.models  # noqa: F401  (registers the PLUTO models with timm)
+from bench.common import seconds_per_call
 from pluto.ssl import DinoV2Objective, SSLConfig, param_groups, sample_masks, ssl_preset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,14 +78,7 @@ def timed(steps: dict, device: torch.device, warmup: int, iters: int, repeats: i
     best = {name: float("inf") for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(iters):
-                step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best[name] = min(best[name], (time.perf_counter() - t0) / iters)
+            best[name] = min(best[name], seconds_per_call(step, iters, device))
     return best
 
 

@@ -33,3 +33,34 @@ def machine() -> dict:
         pass
     sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     return {"node": platform.node(), "cpu": cpu, "python": platform.python_version(), "git_sha": sha}
+
+
+def seconds_per_call(fn, iters: int, device=None) -> float:
+    """Wall seconds per call of `fn` over `iters` back-to-back calls; CUDA is synchronised around the loop."""
+    import time
+
+    def sync() -> None:
+        if device is not None and getattr(device, "type", "cpu") == "cuda":
+            import torch
+
+            torch.cuda.synchronize(device)
+
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / iters
+
+
+def publish(name: str, title: str, result: dict, table: str, *, quick: bool, readme: bool) -> Path:
+    """Write `bench/results/<name>[-quick]-<sha>.json`, the README section, and the table on stdout."""
+    import json
+
+    out = REPO / "bench" / "results" / f"{name}-{'quick-' if quick else ''}{result['machine']['git_sha']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    if readme:
+        write_section(name, title, table)
+    print(table)  # noqa: T201 - a benchmark script reports on stdout
+    return out
