@@ -5,7 +5,7 @@ Names resolve lazily (PEP 562) so `pluto.eval.eval_config` (the settings section
 
 from __future__ import annotations
 
-import importlib
+from pluto.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "EvalRecord": "records", "SuiteResult": "records", "EVAL_SUITE_VERSION": "records", "suite_score": "records",
@@ -23,10 +23,4 @@ _EXPORTS = {
     "random_init_twin": "baselines", "write_report": "report", "EvalConfig": "eval_config",
     "TaskConfig": "suite", "SuiteConfig": "suite", "run_suite": "suite", "evaluate": "suite", "load_records": "suite",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'pluto.eval' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"pluto.eval.{_EXPORTS[name]}"), name)
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

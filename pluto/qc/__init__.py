@@ -1,31 +1,15 @@
 """Artifact QC: tissue mask, artifact detectors (plug-in), tile pixel filters, per-slide QC tables,
 Great Expectations gates and the cohort report."""
 
-from pluto.qc.detectors import DEFAULT_DETECTOR, Detector, heuristic_detector, load_detector
-from pluto.qc.expectations import validate_catalog, validate_manifest, validate_qc
-from pluto.qc.filters import HSVRange, blur_variance, hsv_fraction
-from pluto.qc.params import QCParams
-from pluto.qc.report import write_report
-from pluto.qc.run import qc_slide, run_qc
-from pluto.qc.slide_qc import SlideQC, load_qc
-from pluto.qc.tissue_mask import tissue_mask
+from pluto.lazy_exports import lazy_exports
 
-__all__ = [
-    "DEFAULT_DETECTOR",
-    "Detector",
-    "HSVRange",
-    "QCParams",
-    "SlideQC",
-    "blur_variance",
-    "heuristic_detector",
-    "hsv_fraction",
-    "load_detector",
-    "load_qc",
-    "qc_slide",
-    "run_qc",
-    "tissue_mask",
-    "validate_catalog",
-    "validate_manifest",
-    "validate_qc",
-    "write_report",
-]
+__getattr__, __all__ = lazy_exports(__name__, {
+    **dict.fromkeys(["DEFAULT_DETECTOR", "Detector", "heuristic_detector", "load_detector"], "detectors"),
+    **dict.fromkeys(["validate_catalog", "validate_manifest", "validate_qc"], "expectations"),
+    **dict.fromkeys(["HSVRange", "blur_variance", "hsv_fraction"], "filters"),
+    **dict.fromkeys(["QCParams"], "params"),
+    **dict.fromkeys(["write_report"], "report"),
+    **dict.fromkeys(["qc_slide", "run_qc"], "run"),
+    **dict.fromkeys(["SlideQC", "load_qc"], "slide_qc"),
+    **dict.fromkeys(["tissue_mask"], "tissue"),
+})

@@ -29,7 +29,7 @@ from pluto.qc.expectations import MPP_RANGE, validate_catalog, validate_qc
 from pluto.qc.filters import blur_variance, hsv_fraction
 from pluto.qc.params import QCParams
 from pluto.qc.slide_qc import MASK_NAMES, box_fractions, slide_dir, summed_area
-from pluto.qc.tissue_mask import tissue_mask
+from pluto.qc.tissue import tissue_mask
 
 log = logging.getLogger(__name__)
 

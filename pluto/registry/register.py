@@ -183,6 +183,8 @@ def register_model(
     with torch.inference_mode():
         out = embed(model, torch.from_numpy(example), mode=embedding_mode).values.float().numpy()
     mlflow.set_tracking_uri(tracking_uri)
+    # the fluent API refuses a run outside the process's active experiment (set by any earlier caller)
+    mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model",

@@ -22,8 +22,8 @@ from pluto.ssl.config import SSLConfig
 from pluto.ssl.dino_loss import DINOLoss
 from pluto.ssl.heads import DINOHead
 from pluto.ssl.ibot_loss import IBOTPatchLoss
-from pluto.ssl.kde_loss import kde_loss
-from pluto.ssl.koleo_loss import koleo_loss
+from pluto.ssl.kde import kde_loss
+from pluto.ssl.koleo import koleo_loss
 
 
 def _heads(embed_dim: int, cfg: SSLConfig) -> dict[str, nn.Module]:

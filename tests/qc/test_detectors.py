@@ -7,7 +7,7 @@ import pytest
 
 from pluto.errors import ConfigError, PlutoError
 from pluto.qc.detectors import DEFAULT_DETECTOR, apply_detector, heuristic_detector, load_detector, pen_mask
-from pluto.qc.tissue_mask import tissue_mask
+from pluto.qc.tissue import tissue_mask
 
 # Pen fixtures whose ink covers a large part of the image (fractions measured: 0.16 to 0.20).
 BIG_INK = ["histolab/thumbnails/tcga-green-pen.png", "histolab/thumbnails/tcga-red-pen.png",
