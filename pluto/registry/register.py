@@ -104,7 +104,8 @@ def download_model_dir(tracking_uri: str, name: str, dest_dir: Path, alias: str 
     from mlflow.models import Model
     from mlflow.tracking import MlflowClient
 
-    version = current_version(MlflowClient(tracking_uri), name, alias)
+    client = MlflowClient(tracking_uri)
+    version = current_version(client, name, alias)
     if version is None:
         return None
     local = Path(dest_dir) / f"v{version}"
@@ -112,8 +113,11 @@ def download_model_dir(tracking_uri: str, name: str, dest_dir: Path, alias: str 
         part = local.with_name(local.name + ".part")
         shutil.rmtree(part, ignore_errors=True)
         part.mkdir(parents=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(part), tracking_uri=tracking_uri)
-        part.rename(local)
+        # the version's own artifact URI: a `models:/` URI would resolve against the process's default registry
+        source = client.get_model_version_download_uri(name, str(version))
+        got = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(part), tracking_uri=tracking_uri)
+        Path(got).rename(local)  # the model's root, however the store nests it under `part`
+        shutil.rmtree(part, ignore_errors=True)
     artifact = Model.load(str(local / "MLmodel")).flavors["python_function"]["artifacts"]["model_dir"]["path"]
     log.info("%s@%s is v%d: model dir %s", name, alias, version, local / artifact)
     return local / artifact

@@ -61,6 +61,14 @@ def test_register_gate_promote_rollback_and_serve_champion(mlflow_server, tiny_d
         rollback(url, v1.name, why="again", log_path=log_path)
     promote(url, v1.name, v2.version, why="manual pick", who="bob", log_path=log_path)
 
+    from pluto.models import read_config
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")  # the download must not use the default registry
+    champ = download_model_dir(url, v1.name, tmp_path / "champion")  # what a retrain warm-starts from
+    assert champ.is_relative_to(tmp_path / "champion" / f"v{v2.version}")
+    assert read_config(champ)["weights_sha256"] == read_config(tiny_dirs[1])["weights_sha256"]
+    assert download_model_dir(url, "pluto-4g", tmp_path / "champion") is None  # no champion yet
+
     mlflow.set_tracking_uri(url)
     model = mlflow.pyfunc.load_model(f"models:/{v1.name}@champion")
     shape = model.metadata.get_input_schema().inputs[0].shape
@@ -71,12 +79,6 @@ def test_register_gate_promote_rollback_and_serve_champion(mlflow_server, tiny_d
     rec = get_record(url, v1.name, alias="champion")
     assert rec.version == v2.version and rec.data_hash == "d" * 32 and rec.scores == WORSE
 
-    from pluto.models import read_config
-
-    champ = download_model_dir(url, v1.name, tmp_path / "champion")  # what a retrain warm-starts from
-    assert champ.is_relative_to(tmp_path / "champion" / f"v{v2.version}")
-    assert read_config(champ)["weights_sha256"] == read_config(tiny_dirs[1])["weights_sha256"]
-    assert download_model_dir(url, "pluto-4g", tmp_path / "champion") is None  # no champion yet
 
 
 def test_checkpoint_multipart_upload_is_content_addressed(s3_buckets, tmp_path):
