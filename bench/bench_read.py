@@ -147,8 +147,9 @@ def markdown(result: dict) -> str:
     rows = result["rows"]
     lines = [
         f"Machine: {result['machine']['cpu']} ({result['machine']['node']}), git {result['machine']['git_sha']}, "
-        f"{result['date']}. One process, one core; the 2 cores were shared with other jobs, so absolute "
-        "numbers are noisy, ratios less so. MAE = mean |tile - area-resized level-0 reference| (0-255).",
+        f"{result['date']}, load average {result['machine'].get('load_1min', 'n/a')} at start on "
+        f"{result['machine'].get('cores', '?')} cores. One process, one core; the baselines run in the same process "
+        "on the same tiles. MAE = mean |tile - area-resized level-0 reference| (0-255).",
         "",
         "| slide | um/px | method | tiles/s | x OpenSlide best | MAE vs level 0 |",
         "|---|---|---|---|---|---|",

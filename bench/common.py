@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -32,7 +33,8 @@ def machine() -> dict:
     except OSError:
         pass
     sha = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    return {"node": platform.node(), "cpu": cpu, "python": platform.python_version(), "git_sha": sha}
+    return {"node": platform.node(), "cpu": cpu, "cores": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2),
+            "python": platform.python_version(), "git_sha": sha}
 
 
 def seconds_per_call(fn, iters: int, device=None) -> float:
