@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ from typing import Any, Iterator
 
 import yaml
 
+from pluto.atomic import write_with
 from pluto.errors import PlutoError
 
 log = logging.getLogger(__name__)
@@ -206,10 +206,7 @@ def restore_tables(work_dir: Path) -> None:
     src_root = work_dir / SNAPSHOT
     for src in sorted(p for p in src_root.rglob("*") if p.is_file()):
         dest = work_dir / src.relative_to(src_root)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
+        write_with(dest, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def checkout_data(work_dir: Path, md5: str, remote_url: str, endpoint_url: str | None = None) -> DataVersion:

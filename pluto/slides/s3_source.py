@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pluto.atomic import write_bytes
 from pluto.errors import PlutoError
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,4 @@ class S3Cache:
         """Write the ETag index atomically."""
         with self._lock:
             blob = json.dumps(self._index, indent=1, sort_keys=True)
-        tmp = self._index_path.with_suffix(".json.tmp")
-        tmp.write_text(blob)
-        os.replace(tmp, self._index_path)
+        write_bytes(self._index_path, blob.encode())

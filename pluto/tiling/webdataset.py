@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from pluto.atomic import atomic_path
 from pluto.errors import PlutoError
 from pluto.tiling.dataset import TileRows
 from pluto.tiling.manifest import as_manifest
@@ -75,15 +75,13 @@ def export_webdataset(
     shards: list[Path] = []
     for start in range(0, len(records), shard_size):
         final = out / f"shard-{len(shards):06d}.tar"
-        tmp = final.with_name(final.name + ".tmp")
-        with tarfile.open(tmp, "w") as tar:
+        with atomic_path(final) as tmp, tarfile.open(tmp, "w") as tar:
             for row in range(start, min(start + shard_size, len(records))):
                 key = sample_key(row)
                 _add(tar, f"{key}.{image_format}", _encode(rows.read(row), image_format, jpeg_quality))
                 _add(tar, f"{key}.json", _row_metadata(records[row], row))
                 if on_progress is not None:
                     on_progress(row + 1, len(records))
-        os.replace(tmp, final)
         shards.append(final)
     return shards
 

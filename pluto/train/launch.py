@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from string import Template
 
+from pluto.atomic import write_bytes
 from pluto.errors import ConfigError, PlutoError
 from pluto.train.config import TrainConfig
 from pluto.train.preflight import check_config
@@ -36,11 +37,7 @@ FINISHED = ("succeeded", "failed")
 def write_run_config(cfg: TrainConfig) -> Path:
     """Save the config every rank loads: `<run_dir>/train_config.json` (atomic)."""
     path = Path(cfg.run_dir) / "train_config.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(cfg.to_json())
-    os.replace(tmp, path)
-    return path
+    return write_bytes(path, cfg.to_json().encode())
 
 
 def _values(cfg: TrainConfig, config_path: str) -> dict[str, object]:
