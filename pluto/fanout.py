@@ -1,6 +1,8 @@
 """Split a cohort into slide batches and merge the per-batch outputs back atomically.
 
-The data plane fans out over slide batches: one QC or tiling call per batch, on Dask workers.
+The data plane fans out over slide batches: one ingest, QC or tiling call per batch, on Dask
+workers. Ingest batches are slices of the file listing; each file's record is its output
+(`pluto.slides.ingest_file`) and `pluto.slides.ingest.write_catalog` merges them.
 Each batch writes into its own folder of a content-addressed store (`<store>/<key>/`, the key
 hashing the batch's input tables and the stage config), so workers never write the same file and
 an unchanged batch is found again on the next run (the flow's cache). The merge then builds the
@@ -17,10 +19,14 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from pluto.errors import PlutoError
+
+if TYPE_CHECKING:
+    from pluto.slides.ingest_sources import SlideSource
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,19 @@ def split_catalog(catalog_path: Path, batch_slides: int, out_dir: Path) -> list[
         ok.iloc[start : start + batch_slides].to_parquet(path, index=False)
         paths.append(path)
     log.info("fan-out: %d ok slides of %d in %d batch(es) of <= %d", len(ok), len(catalog), len(paths), batch_slides)
+    return paths
+
+
+def split_sources(sources: list[SlideSource], batch_slides: int, out_dir: Path) -> list[Path]:
+    """Write `out_dir/batch-<i>.json`, each with at most `batch_slides` listed files, in listing order."""
+    from pluto.slides.ingest_sources import save_sources
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    paths = [
+        save_sources(Path(out_dir) / f"batch-{i:05d}.json", sources[start : start + batch_slides])
+        for i, start in enumerate(range(0, len(sources), batch_slides))
+    ]
+    log.info("fan-out: %d listed files in %d ingest batch(es) of <= %d", len(sources), len(paths), batch_slides)
     return paths
 
 

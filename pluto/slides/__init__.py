@@ -5,7 +5,8 @@ OpenSlide is imported lazily inside the functions that open slides.
 
 from pluto.slides.geometry import TileRequest, TileSpec, best_level, check_resolution, plan_read
 from pluto.slides.handles import SlideHandle, clear_pool, configure_pool, get_handle, open_slide, pool_paths
-from pluto.slides.ingest import CATALOG_COLUMNS, ingest, preflight
+from pluto.slides.ingest import CATALOG_COLUMNS, ingest
+from pluto.slides.ingest_file import preflight
 from pluto.slides.metadata import SlideInfo, slide_info
 from pluto.slides.pyramid_writer import write_pyramid
 from pluto.slides.reader import read_request, read_thumbnail, read_tile, resize_area

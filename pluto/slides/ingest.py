@@ -5,28 +5,27 @@ joined from an optional csv, and status `ok` or `quarantined: <reason>`. A pre-f
 (opens, every level decodes, MPP sane, a tile decodes through the read path) runs before a slide
 is accepted; a bad file is quarantined and the batch goes on. Re-ingesting unchanged files
 leaves their rows untouched, `ingested_at` included. Label and macro images are never read.
+
+Three steps, the same in one process (`ingest`) and fanned out on Dask (flows/ingest.py): list the
+files (`ingest_sources.list_sources`), write one record per file (`ingest_file.ingest_batch`, per
+batch of the listing), merge the records into the catalog (`write_catalog`, one atomic write).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
 from pluto.atomic import write_with
-from pluto.errors import PlutoError, QuarantineReason, SlideError
-from pluto.slides.geometry import plan_read
-from pluto.slides.handles import open_slide
-from pluto.slides.metadata import MAX_DIMENSION_PX, MPP_RANGE, SlideInfo
-from pluto.slides.reader import read_request
+from pluto.errors import PlutoError
+from pluto.slides.ingest_file import IngestOptions, ProgressFn, ingest_batch, read_record
+from pluto.slides.ingest_sources import list_sources, load_sources, lookup, read_keyed_csv, save_sources
+from pluto.slides.metadata import MAX_DIMENSION_PX, MPP_RANGE
 
 log = logging.getLogger(__name__)
 
@@ -36,117 +35,33 @@ CATALOG_COLUMNS = [
     "patient", "site", "organ", "scanner", "ingested_at",
 ]  # fmt: skip
 METADATA_FIELDS = ("patient", "site", "organ", "stain", "scanner")
-PREFLIGHT_TILE_PX = 224
-ProgressFn = Callable[[int, int, str], None]  # (done, total, file name)
+LISTING = Path("ingest") / "listing.json"
 
 
-@dataclass(frozen=True)
-class _Source:
-    uri: str
-    file_name: str
-    local: Path | None  # None until fetched (S3)
-    escape: str  # non-empty when the path escapes the source root
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(8 * 2**20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def resolve_inside(root: Path, candidate: Path) -> Path:
-    """`candidate` resolved (symlinks followed); SlideError(bad_path) when it leaves `root`."""
-    real_root = root.resolve()
-    real = candidate.resolve()
-    if real != real_root and real_root not in real.parents:
-        raise SlideError(candidate, QuarantineReason.bad_path, f"resolves to {real}, outside {real_root}")
-    return real
-
-
-def preflight(path: Path, mpp_override: float | None, mpp_range: tuple[float, float], max_dimension_px: int) -> tuple[SlideInfo | None, SlideError | None]:
-    """Open, check MPP, decode a small patch of every level and one tile through the read path.
-
-    Returns the slide's info (None when it does not open) and the first error (None when usable).
-    """
-    try:
-        handle = open_slide(path, mpp_override, mpp_range=mpp_range, max_dimension_px=max_dimension_px)
-    except SlideError as exc:
-        return None, exc
-    with handle:
-        info = handle.info
-        try:
-            mpp = info.mpp
-            for level, (w, h) in enumerate(info.level_dims):
-                side = min(16, w, h)
-                handle.read_level_openslide(level, (w - side) // 2, (h - side) // 2, side, side)
-            x_l0 = max(0, info.width // 2 - PREFLIGHT_TILE_PX // 2)
-            y_l0 = max(0, info.height // 2 - PREFLIGHT_TILE_PX // 2)
-            read_request(handle, plan_read(info, x_l0, y_l0, mpp, PREFLIGHT_TILE_PX))
-        except SlideError as exc:
-            return info, exc
-    return info, None
-
-
-def _read_keyed_csv(path: Path | None, value_cols: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """csv rows keyed by `slide` (file name or slide_id), or by `file_name`/`slide_id` columns."""
-    if path is None:
-        return {}
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    keys = [c for c in ("slide", "slide_id", "file_name") if c in df.columns]
-    if not keys:
-        raise PlutoError(f"{path}: needs a 'slide', 'slide_id' or 'file_name' column")
-    out: dict[str, dict[str, Any]] = {}
-    for rec in df.to_dict("records"):
-        values = {c: rec[c] for c in value_cols if c in rec and rec[c] != ""}
-        for k in keys:
-            if rec[k]:
-                out[rec[k]] = values
-    return out
-
-
-def _lookup(table: dict[str, dict[str, Any]], slide_id: str, file_name: str) -> dict[str, Any]:
-    return table.get(slide_id) or table.get(file_name) or {}
-
-
-def _row(src: _Source, path: Path | None, slide_id: str, nbytes: int, info: SlideInfo | None, err: SlideError | None, meta: dict[str, Any], default_stain: str) -> dict[str, Any]:
+def _row(rec: dict[str, Any], meta: dict[str, Any], default_stain: str) -> dict[str, Any]:
+    info = rec["info"] or {}
     stain = meta.get("stain")
     return {
-        "slide_id": slide_id,
-        "uri": src.uri,
-        "path": str(path) if path else "",
-        "file_name": src.file_name,
-        "vendor": info.vendor if info else "",
-        "width": info.width if info else 0,
-        "height": info.height if info else 0,
-        "levels": info.levels if info else 0,
-        "mpp_x": info.mpp_x if info else None,
-        "mpp_y": info.mpp_y if info else None,
-        "mpp_source": info.mpp_source if info else "missing",
-        "objective": info.objective if info else None,
-        "bytes": nbytes,
-        "status": f"quarantined: {err.reason.value}" if err else "ok",
-        "reason": err.reason.value if err else "",
-        "detail": err.detail if err else "",
+        "slide_id": rec["slide_id"],
+        "uri": rec["uri"],
+        "path": rec["path"],
+        "file_name": rec["file_name"],
+        "vendor": info.get("vendor", ""),
+        "width": info.get("width", 0),
+        "height": info.get("height", 0),
+        "levels": len(info.get("level_dims", ())),
+        "mpp_x": info.get("mpp_x"),
+        "mpp_y": info.get("mpp_y"),
+        "mpp_source": info.get("mpp_source", "missing"),
+        "objective": info.get("objective"),
+        "bytes": rec["bytes"],
+        "status": f"quarantined: {rec['reason']}" if rec["reason"] else "ok",
+        "reason": rec["reason"],
+        "detail": rec["detail"],
         "stain": stain or default_stain,
         "stain_assumed": not stain,
         **{k: meta.get(k, "") for k in ("patient", "site", "organ", "scanner")},
     }
-
-
-def _list_local(root: Path) -> list[_Source]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        for name in sorted(filenames):
-            candidate = Path(dirpath) / name
-            try:
-                local, escape = resolve_inside(root, candidate), ""
-            except SlideError as exc:
-                local, escape = None, exc.detail
-            out.append(_Source(str(candidate.absolute()), name, local, escape))
-    return out
 
 
 def ingest(
@@ -167,55 +82,32 @@ def ingest(
     """Ingest every file under `src` (folder or s3:// prefix); write and return `out_dir/catalog.parquet`.
 
     Quarantined files stay in the catalog with their reason; only infrastructure errors (S3
-    unreachable, unreadable csv) raise. S3 objects are cached under `out_dir/cache/s3`.
+    unreachable after retries, unreadable csv) raise, and then the previous catalog is left as it
+    was while the records of finished files let the re-run resume. S3 objects are cached under
+    `out_dir/cache/s3`. `workers` files are processed at a time (threads).
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metadata = _read_keyed_csv(metadata_csv, METADATA_FIELDS)
-    overrides = _read_keyed_csv(mpp_overrides_csv, ("mpp",))
-    fetch: Callable[[_Source], tuple[Path, str]]
-    cache = None
-    if src.startswith("s3://"):
-        from pluto.slides.s3_source import S3Cache, key_escapes, list_s3, s3_client
+    options = IngestOptions(mpp_overrides_csv, mpp_range, max_dimension_px, s3_endpoint_url, s3_region, s3_retries)
+    listing = save_sources(out_dir / LISTING, list_sources(src, s3_endpoint_url, s3_region, s3_retries))
+    ingest_batch(listing, out_dir, options, workers=workers, on_progress=on_progress)
+    return write_catalog(out_dir, [listing], metadata_csv=metadata_csv, default_stain=default_stain)
 
-        client = s3_client(s3_endpoint_url, s3_region, s3_retries)
-        cache = S3Cache(out_dir / "cache" / "s3")
-        objects = {o.uri: o for o in list_s3(client, src)}
-        sources = [
-            _Source(o.uri, os.path.basename(o.rel_key), None, "key leaves the prefix" if key_escapes(o.rel_key) else "")
-            for o in objects.values()
-        ]
-        fetch = lambda s: cache.fetch(client, objects[s.uri], s3_retries)  # noqa: E731
-    else:
-        root = Path(src)
-        if not root.is_dir():
-            raise PlutoError(f"{src}: not a directory or s3:// prefix")
-        sources = _list_local(root)
-        fetch = lambda s: (s.local, sha256_file(s.local))  # noqa: E731
 
-    def one(s: _Source) -> dict[str, Any]:
-        if s.escape:
-            err = SlideError(s.uri, QuarantineReason.bad_path, s.escape)
-            return _row(s, None, hashlib.sha256(s.uri.encode()).hexdigest(), 0, None, err, {}, default_stain)
-        path, sha = fetch(s)
-        mpp = _lookup(overrides, sha, s.file_name).get("mpp")
-        info, err = preflight(path, float(mpp) if mpp else None, mpp_range, max_dimension_px)
-        if err is not None:
-            log.debug("%s quarantined: %s", s.uri, err)
-        return _row(s, path, sha, path.stat().st_size, info, err, _lookup(metadata, sha, s.file_name), default_stain)
-
-    rows: list[dict[str, Any]] = []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(one, s) for s in sources]
-        for done, fut in enumerate(as_completed(futures), 1):
-            rows.append(fut.result())
-            if on_progress is not None:
-                on_progress(done, len(sources), rows[-1]["file_name"])
-    if cache is not None:
-        cache.save_index()
+def write_catalog(out_dir: Path, listings: list[Path], *, metadata_csv: Path | None = None, default_stain: str = "H&E") -> pd.DataFrame:
+    """Merge the records of every file in `listings` (the listing, or its fan-out batches) into
+    `out_dir/catalog.parquet`, joining the metadata csv; one atomic write."""
+    out_dir = Path(out_dir)
+    metadata = read_keyed_csv(metadata_csv, METADATA_FIELDS)
+    rows = []
+    for listing in listings:
+        for source in load_sources(listing):
+            rec = read_record(out_dir, source.uri)
+            if rec is None or rec["fingerprint"] != source.fingerprint:
+                raise PlutoError(f"{source.uri}: no ingest record for the listed file; its ingest task did not finish")
+            rows.append(_row(rec, lookup(metadata, rec["slide_id"], rec["file_name"]), default_stain))
     catalog = _merge(out_dir / "catalog.parquet", rows)
     n_ok = int((catalog["status"] == "ok").sum())
-    log.info("ingest %s: %d files, %d ok, %d quarantined -> %s", src, len(rows), n_ok, len(catalog) - n_ok, out_dir / "catalog.parquet")
+    log.info("ingest: %d files, %d ok, %d quarantined -> %s", len(rows), n_ok, len(catalog) - n_ok, out_dir / "catalog.parquet")
     return catalog
 
 
