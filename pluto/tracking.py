@@ -4,8 +4,10 @@ Tracking must never be the reason a run dies or waits. Every call appends to a J
 record of truth, and all that a machine without mlflow keeps) and queues the item; a daemon thread
 sends the queue to MLflow in batches (MLflow takes at most 1000 metrics per request). While the
 server is down the items stay queued and the thread retries with capped exponential backoff, so
-they arrive once it is back; `close` gives a reachable server `timeout_s` to take the rest and does
-not wait on a dead one. A request the server refuses (4xx, e.g. a param changed on resume) is
+they arrive once it is back; each attempt first probes the server's `/health` (a dead server costs
+one refused connection, not MLflow's own minutes of HTTP retries). `close` gives a reachable
+server `timeout_s` to take the rest, cutting a pending backoff short when the server has come
+back, and does not wait on a dead one. A request the server refuses (4xx, e.g. a param changed on resume) is
 dropped with a warning: retrying cannot help, and the JSONL record keeps it.
 
 A run nests under `parent_run_id` (tag `mlflow.parentRunId`). With `run_id_path` the MLflow run id
@@ -22,6 +24,8 @@ import json
 import logging
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import deque
 from collections.abc import Callable
 from itertools import islice
@@ -33,6 +37,20 @@ log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
 MAX_BATCH = 1000  # MLflow's log-batch limit on metrics per request
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+def server_reachable(tracking_uri: str, timeout_s: float = 2.0) -> bool:
+    """True when an http(s) MLflow server answers `GET /health` with 200 within `timeout_s`.
+
+    Non-HTTP URIs (file, sqlite, databricks) are not probed and count as reachable.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return True
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout_s) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 class Tracker:
@@ -70,6 +88,7 @@ class Tracker:
         self._artifacts: deque[tuple[str, str | None]] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._retry = threading.Event()  # ends the sender's backoff early (close, server back)
         self._stop = threading.Event()
         self._client: Any = None
         self._monitor: Any = None
@@ -152,10 +171,15 @@ class Tracker:
         if self._thread is None:
             return
         deadline = time.monotonic() + timeout_s
-        while self.pending and not self.down and time.monotonic() < deadline and self._thread.is_alive():
+        while self.pending and time.monotonic() < deadline and self._thread.is_alive():
+            if self.down:
+                if not server_reachable(self.tracking_uri):
+                    break
+                self._retry.set()  # back again while the sender backs off: retry now
             self._wake.set()
             time.sleep(0.05)
         self._stop.set()
+        self._retry.set()
         self._wake.set()
         self._thread.join(timeout=max(0.0, deadline - time.monotonic()) + 1.0)
         self._thread = None
@@ -204,6 +228,8 @@ class Tracker:
         """Connect if needed, then send params and tags, metric batches and artifacts until none are left."""
         from mlflow.entities import Metric, Param, RunTag
 
+        if not server_reachable(self.tracking_uri):
+            raise ConnectionError(f"{self.tracking_uri}/health does not answer")
         if self._client is None:
             self._connect()
         while True:
@@ -262,4 +288,5 @@ class Tracker:
                 delay = self.retry_min_s
             else:
                 delay = min(self.retry_max_s, delay * 2)
-                self._stop.wait(timeout=delay)
+                self._retry.wait(timeout=delay)
+                self._retry.clear()

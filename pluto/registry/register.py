@@ -7,6 +7,13 @@ signature and a batch-2 input example (a batch of 1 would let MLflow fix the bat
 the suite scores, the DVC data hash, the git sha, the S3 URI + sha256 of the full training
 checkpoint, and an idempotency key: registering the same key twice returns the first version
 (a retried flow task never creates duplicates). New versions get the `challenger` alias.
+
+An MLflow outage fails a registration cleanly: a `RegistryUnavailable` (a PlutoError, so the CLI
+prints one line) that names the server and the key, raised at once when the server does not
+answer `/health` and after MLflow's own HTTP retries when it dies mid-way. The version is created
+in one request that carries the key tag, so whatever step the outage interrupted, a retry finds
+either nothing (and registers) or that version (and finishes it: the `challenger` alias of a
+version not yet gated). Exactly one version per key.
 """
 
 from __future__ import annotations
@@ -123,6 +130,17 @@ def download_model_dir(tracking_uri: str, name: str, dest_dir: Path, alias: str 
     return local / artifact
 
 
+class RegistryUnavailable(PlutoError):
+    """The MLflow server could not be reached while registering; retrying later is safe."""
+
+
+def _unavailable(tracking_uri: str, what: str, key: str, cause: object) -> RegistryUnavailable:
+    return RegistryUnavailable(
+        f"MLflow at {tracking_uri} unreachable while registering {what} ({str(cause)[:200]}); nothing was promoted. "
+        f"Registration is idempotent (key {key}): retry once the server is back"
+    )
+
+
 def _find_by_key(client: Any, name: str, key: str) -> Any | None:
     hits = client.search_model_versions(f"name = '{name}' and tags.`{TAG_KEY}` = '{key}'")
     return min(hits, key=lambda mv: int(mv.version)) if hits else None
@@ -164,7 +182,30 @@ def register_model(
     checkpoint: CheckpointRef | None = None,
     embedding_mode: str = "cls",
 ) -> ModelRecord:
-    """Log `model_dir` (a `pluto.models.save_model` directory) as pyfunc under `run_id`, register it."""
+    """Log `model_dir` (a `pluto.models.save_model` directory) as pyfunc under `run_id`, register it.
+
+    Raises RegistryUnavailable when MLflow cannot be reached (see module doc; retrying is safe).
+    """
+    from mlflow.exceptions import MlflowException
+
+    from pluto.tracking import server_reachable
+
+    if not server_reachable(tracking_uri):
+        raise _unavailable(tracking_uri, str(model_dir), idempotency_key, f"{tracking_uri}/health does not answer")
+    if not run_id:
+        raise PlutoError(f"registering {model_dir}: no MLflow run to log the model under (run_id is empty)")
+    try:
+        return _register(model_dir, tracking_uri, run_id, scores, data_hash, git_sha, idempotency_key, checkpoint, embedding_mode)
+    except (MlflowException, OSError) as exc:  # requests' transport errors are OSErrors
+        if server_reachable(tracking_uri):
+            raise  # the server is up and refused: not an outage, the caller sees MLflow's own error
+        raise _unavailable(tracking_uri, str(model_dir), idempotency_key, exc) from exc
+
+
+def _register(
+    model_dir: Path, tracking_uri: str, run_id: str, scores: SuiteScores, data_hash: str, git_sha: str,
+    idempotency_key: str, checkpoint: CheckpointRef | None, embedding_mode: str,
+) -> ModelRecord:
     import mlflow
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
@@ -179,6 +220,10 @@ def register_model(
     existing = _find_by_key(client, name, idempotency_key)
     if existing is not None:
         log.info("%s: key %s already registered as v%s; not registering again", name, idempotency_key, existing.version)
+        aliased = {current_version(client, name, alias) for alias in (CHALLENGER, CHAMPION)}
+        if TAG_GATE not in existing.tags and int(existing.version) not in aliased:
+            # an earlier attempt created the version but died before aliasing it
+            client.set_registered_model_alias(name, CHALLENGER, existing.version)
         return ModelRecord.from_version(existing)
 
     import torch

@@ -48,23 +48,44 @@ def sinkhorn_knopp(logits: torch.Tensor, teacher_temp: float, n_iters: int = 3) 
 
 
 class SoftmaxCenter(nn.Module):
-    """DINO centering: softmax((logits - c) / T) with c an EMA (momentum 0.9) of the global batch mean logit."""
+    """DINO centering: softmax((logits - c) / T) with c an EMA (momentum 0.9) of the global batch mean logit.
+
+    The centre moves once per optimizer step, not per forward: `forward` centres with the current
+    c and adds the batch's (all-reduced) logit sum and count to a pending total; `update()` folds
+    the mean of everything pending since the last update into the EMA. Under gradient
+    accumulation every micro-batch of a step is centred with the same c and the EMA sees the mean
+    over the whole global batch, as with one big batch. `discard()` drops a skipped step's stats.
+    """
 
     def __init__(self, n_prototypes: int, momentum: float = 0.9) -> None:
         super().__init__()
         self.momentum = momentum
         self.register_buffer("center", torch.zeros(1, n_prototypes))
+        self.register_buffer("pending_sum", torch.zeros(1, n_prototypes), persistent=False)
+        self.register_buffer("pending_count", torch.zeros(()), persistent=False)
+        self.updates = 0  # EMA steps taken by this process (tests, monitoring)
 
     @torch.no_grad()
     def forward(self, logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
-        """(B, K) -> centred teacher probabilities (B, K), then update the centre from this batch."""
+        """(B, K) -> centred teacher probabilities (B, K); this batch's statistics wait for `update()`."""
         with torch.autocast(device_type=logits.device.type, enabled=False):
             x = logits.float()
             probs = torch.softmax((x - self.center) / teacher_temp, dim=-1)
-            total = _all_reduce(x.sum(dim=0, keepdim=True))
-            count = _all_reduce(torch.tensor(float(x.shape[0]), device=x.device))
-            self.center.mul_(self.momentum).add_(total / count, alpha=1 - self.momentum)
+            self.pending_sum.add_(_all_reduce(x.sum(dim=0, keepdim=True)))
+            self.pending_count.add_(_all_reduce(torch.tensor(float(x.shape[0]), device=x.device)))
         return probs
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """c <- momentum * c + (1 - momentum) * (mean logit since the last update); no-op when none is pending."""
+        if float(self.pending_count) > 0:
+            self.center.mul_(self.momentum).add_(self.pending_sum / self.pending_count, alpha=1 - self.momentum)
+            self.updates += 1
+        self.discard()
+
+    def discard(self) -> None:
+        self.pending_sum.zero_()
+        self.pending_count.zero_()
 
 
 class TeacherTargets(nn.Module):
@@ -81,3 +102,12 @@ class TeacherTargets(nn.Module):
         if self.softmax_center is not None:
             return self.softmax_center(logits, teacher_temp)
         return sinkhorn_knopp(logits, teacher_temp, self.sinkhorn_iters)
+
+    def update(self) -> None:
+        """Once per optimizer step: move the EMA centre (Sinkhorn-Knopp keeps no state)."""
+        if self.softmax_center is not None:
+            self.softmax_center.update()
+
+    def discard(self) -> None:
+        if self.softmax_center is not None:
+            self.softmax_center.discard()

@@ -134,9 +134,12 @@ class SSLConfig:
 
 
 def ssl_preset(name: str) -> SSLConfig:
-    """Named configs: "demo" (pluto_tiny on 2 CPU cores), "pluto_4s", "pluto_4g".
+    """Named configs: "demo" (pluto_tiny on 2 CPU cores), "tiny", "pluto_4s", "pluto_4g".
 
     demo: 112/48 px crops and 1024 prototypes (issue 4: <= 4k prototypes keeps a step ~0.4 s).
+    tiny: the smallest setting that still runs every term: 48/32 px crops, 2 local crops, 256
+    prototypes, KDE instead of KoLeo (KoLeo needs a larger per-GPU batch); a pluto_tiny step costs
+    ~1 s on one contended CPU core (multi-process and fault tests).
     pluto_4s: FlexiViT patch sizes 8/16/32 sampled per step (PLUTO-4 §3.1).
     pluto_4g: patch 14, so local crops are 98 px as DINOv2's ViT-g/14 (and Midnight, "98 and 224");
     separate iBOT head and 131072 prototypes as DINOv2's vitg14 config.
@@ -145,6 +148,11 @@ def ssl_preset(name: str) -> SSLConfig:
         "demo": dict(
             global_crop_px=112, local_crop_px=48, head_hidden_dim=256, head_bottleneck_dim=64,
             n_prototypes=1024, ibot_n_prototypes=1024, patch_sizes=(16,), momentum_teacher=0.99,
+        ),
+        "tiny": dict(
+            global_crop_px=48, local_crop_px=32, n_local_crops=2, head_hidden_dim=64, head_bottleneck_dim=32,
+            n_prototypes=256, ibot_n_prototypes=256, patch_sizes=(16,), momentum_teacher=0.99, koleo_weight=0.0,
+            kde_weight=0.05, warmup_frac=0.25,
         ),
         "pluto_4s": dict(patch_sizes=(8, 16, 32)),
         "pluto_4g": dict(

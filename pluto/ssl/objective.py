@@ -66,10 +66,18 @@ class DinoV2Objective(nn.Module):
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter."""
+        """Once per optimizer step: teacher <- momentum * teacher + (1 - momentum) * student, parameter
+        by parameter, and the softmax centres' EMA over the step's micro-batches (pluto.ssl.centering)."""
         t_params = list(self.teacher.parameters())
         s_params = [p.detach() for p in self.student.parameters()]
         torch._foreach_lerp_(t_params, s_params, 1.0 - float(momentum))
+        self.dino_targets.update()
+        self.ibot_targets.update()
+
+    def discard_step(self) -> None:
+        """Forget the centre statistics of a step that is skipped (non-finite loss or gradient)."""
+        self.dino_targets.discard()
+        self.ibot_targets.discard()
 
     def _ibot_head(self, tower: nn.ModuleDict) -> nn.Module:
         return tower["ibot_head"] if self.cfg.ibot_separate_head else tower["dino_head"]

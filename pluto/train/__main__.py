@@ -23,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pluto.train", description=__doc__.splitlines()[0])
     parser.add_argument("config", help="TrainConfig as JSON (written by pluto.train.launch)")
     args = parser.parse_args(argv)
+    # the tracker retries with its own backoff and probes /health first; MLflow's built-in HTTP
+    # retries (~4 min per request by default) would only hold its sender thread on a dead server
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     info = DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
                     torchrun="TORCHELASTIC_RUN_ID" in os.environ,
                     restart_count=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)))

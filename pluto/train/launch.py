@@ -149,7 +149,7 @@ class LocalLauncher(Launcher):
             rc_file = Path(agent["rc_file"])
             if rc_file.is_file() and rc_file.read_text().strip():
                 rcs.append(int(rc_file.read_text()))
-            elif _alive(agent["pid"]):
+            elif pid_alive(agent["pid"]):
                 return "running"
             else:
                 rcs.append(-1)
@@ -173,18 +173,23 @@ class LocalLauncher(Launcher):
 
     def cancel(self, job_id: str) -> None:
         for agent in self._agents(job_id):
-            if _alive(agent["pid"]):
+            if pid_alive(agent["pid"]):
                 os.killpg(agent["pid"], signal.SIGTERM)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie (killed, not yet reaped by its parent) counts as dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"  # state follows the parenthesised name
+    except OSError:  # no procfs (macOS) or gone meanwhile
+        return True
 
 
 class SlurmLauncher(Launcher):

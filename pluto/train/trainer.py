@@ -5,7 +5,8 @@ drawn from (step, seed) on every rank, `accumulation_steps` micro-batches of for
 (all but the last under DDP's `no_sync`, so gradients are all-reduced once per step), global-norm
 clipping at `ssl.clip_grad` (PLUTO-4 §3.2: 3.0), prototype grads cancelled during the last-layer
 freeze, fused AdamW step on CUDA, EMA teacher update with the scheduled momentum. Sinkhorn
-centering is stateless per batch; the EMA and the schedules move once per optimizer step.
+centering is stateless per batch; the teacher EMA, the softmax centre's EMA (over all the step's
+micro-batches) and the schedules move once per optimizer step.
 
 DDP (PLUTO-4 §3.3): `gradient_as_bucket_view=True` and `bucket_cap_mb` per model (360 for ViT-G,
 see `config.BUCKET_CAP_MB`); NCCL on GPUs, gloo on CPU, from the same code. A non-finite loss on
@@ -333,6 +334,7 @@ def train(
                 skipped = loss_bad or grad_bad
                 if skipped:
                     optimizer.zero_grad(set_to_none=True)
+                    obj.discard_step()
                     nan_skipped += 1
                     consecutive_nan += 1
                     log.warning("step %d skipped: non-finite %s (%d in a row, %d total)", step,

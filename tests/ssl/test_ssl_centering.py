@@ -39,8 +39,11 @@ def test_softmax_center_is_an_ema_of_the_batch_mean():
     logits = torch.tensor([[1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 1.0, 0.0]])
     probs = center(logits, teacher_temp=0.5)
     assert torch.allclose(probs, torch.softmax(logits / 0.5, dim=-1))  # centre was 0 for this batch
+    assert center.center.abs().sum() == 0  # moves only on update(), once per optimizer step
+    center.update()
     assert torch.allclose(center.center, 0.1 * logits.mean(0, keepdim=True))
     probs2 = center(logits, teacher_temp=0.5)
+    center.update()
     assert torch.allclose(probs2, torch.softmax((logits - 0.1 * logits.mean(0)) / 0.5, dim=-1))
     assert torch.allclose(center.center, 0.19 * logits.mean(0, keepdim=True))
 
@@ -51,6 +54,7 @@ def _worker(rank: int, world: int, port: int, logits: torch.Tensor, out: dict) -
         part = logits.chunk(world)[rank]
         center = SoftmaxCenter(logits.shape[1])
         center(part, teacher_temp=0.1)
+        center.update()
         out[rank] = (sinkhorn_knopp(part, teacher_temp=0.1, n_iters=3), center.center.clone())
     finally:
         dist.destroy_process_group()
@@ -68,6 +72,7 @@ def test_centering_across_two_processes_equals_one_process_on_the_global_batch(m
     assert torch.allclose(torch.cat([results[0][0], results[1][0]]), single, atol=1e-6)
     ref = SoftmaxCenter(10)
     ref(logits, teacher_temp=0.1)
+    ref.update()
     for rank in (0, 1):
         assert torch.allclose(results[rank][1], ref.center, atol=1e-6)
     assert not torch.allclose(sinkhorn_knopp(logits[:6], teacher_temp=0.1, n_iters=3), single[:6], atol=1e-4)

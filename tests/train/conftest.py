@@ -37,10 +37,7 @@ def tiny_config():
 
 def make_tiny_config(run_dir: Path, data: Path, **changes) -> TrainConfig:
     """pluto_tiny on 48/32 px crops with small heads: a step costs ~1 s on one contended core."""
-    ssl = replace(ssl_preset("demo"), global_crop_px=48, local_crop_px=32, n_local_crops=2, head_hidden_dim=64,
-                  head_bottleneck_dim=32, n_prototypes=256, ibot_n_prototypes=256, koleo_weight=0.0, kde_weight=0.05,
-                  warmup_frac=0.25)
-    base = TrainConfig(arch="pluto_tiny", ssl=ssl, data=str(data), run_dir=str(run_dir), batch_per_gpu=2, global_batch=4,
+    base = TrainConfig(arch="pluto_tiny", ssl=ssl_preset("tiny"), data=str(data), run_dir=str(run_dir), batch_per_gpu=2, global_batch=4,
                        steps=4, precision="fp32", num_workers=0, ckpt_every=2, keep_ckpts=3, max_consecutive_nan=2,
                        cluster=ClusterSpec(job_name="t", max_restarts=0))
     return replace(base, **changes)
