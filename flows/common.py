@@ -8,14 +8,21 @@ work dir: `cached_or_refresh` forces a re-run when they are gone.
 
 from __future__ import annotations
 
+import fcntl
+import json
+import os
+import socket
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from prefect import Task
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
 from pluto.config import Settings, load_settings
+from pluto.errors import PlutoError
 from pluto.registry.provenance import git_sha
 from pluto.tracking import Tracker
 
@@ -23,6 +30,39 @@ from pluto.tracking import Tracker
 def resolve(config: dict[str, Any] | None = None) -> Settings:
     """Settings for a flow run: defaults < PLUTO_CONFIG file < env < `config` (the flow parameter)."""
     return load_settings(**(config or {}))
+
+
+@contextmanager
+def work_dir_lock(work_dir: Path, holder: str) -> Iterator[Path]:
+    """One writer per work dir: a second retrain on the same dir fails at once, naming the holder.
+
+    flock(2) on `<work_dir>/.retrain.lock`: the kernel drops it when the holder dies (kill -9
+    included), so a crashed run never leaves a stale lock and its rerun gets in. The file's text
+    (pid, host, `holder`, start time) only feeds the error message.
+    """
+    path = Path(work_dir) / ".retrain.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        owner = fh.read().strip() or "unknown holder"
+        fh.close()
+        raise PlutoError(
+            f"{path}: work dir in use by another retrain ({owner}); wait for it to finish or set paths.work_dir elsewhere"
+        ) from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "holder": holder, "since": started}))
+        fh.flush()
+        yield path
+    finally:
+        fh.truncate(0)
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
 
 
 def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:

@@ -16,8 +16,9 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_link_artifact
+from prefect.runtime import flow_run
 
-from flows.common import io_retries, resolve
+from flows.common import io_retries, resolve, work_dir_lock
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
 from flows.pretrain import pretrain_flow
@@ -56,44 +57,45 @@ def retrain(config: dict[str, Any] | None = None, seed: int | None = None, launc
     config = dict(config or {})
     s = resolve(config)
     seed = secrets.randbelow(2**31) if seed is None else seed
-    cluster = None
-    if not s.chain.dask_address:
-        from distributed import LocalCluster
+    with work_dir_lock(s.paths.work_dir, f"flow run {flow_run.id or 'local'}"):
+        cluster = None
+        if not s.chain.dask_address:
+            from distributed import LocalCluster
 
-        cluster = LocalCluster(n_workers=s.chain.dask_workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=None)
-        config = _with_dask_address(config, cluster.scheduler_address)
-    parent = Tracker(
-        s.paths.work_dir / "tracking" / "retrain.jsonl", s.mlflow.tracking_uri, s.mlflow.experiment, "retrain",
-        tags={"pluto.git_sha": git_sha(), "pluto.flow": "retrain"}, connect_now=True, system_metrics=True,
-    )
-    if parent.url:
-        create_link_artifact(key="mlflow-retrain-run", link=parent.url, link_text="MLflow retrain run")
-    status = "FAILED"
-    try:
-        parent.log_params({"seed": seed, "launcher": launcher, "config_hash": s.config_hash()})
-        stages: dict[str, Any] = {
-            "ingest": ingest_flow(config, parent.run_id),
-            "qc": qc_flow(config, parent.run_id),
-            "tile": tile_flow(config, parent.run_id),
-        }
-        data = io_retries(commit_data_version, s)(str(s.paths.work_dir), s.chain.dvc_remote, s.s3.endpoint_url)
-        parent.set_tags({"pluto.data_hash": data["md5"]})
-        init_from = ""
-        if s.chain.warm_start == "champion":
-            init_from = io_retries(champion_model_dir, s)(
-                s.mlflow.tracking_uri, model_name(s.train.arch), str(s.paths.work_dir / "champion")
-            )
-            log.info("warm start: %s", init_from or "no champion yet, training from scratch")
-        parent.set_tags({"pluto.init_from": init_from or "scratch"})
-        stages["pretrain"] = pretrain_flow(config, data["md5"], seed, launcher, nproc, parent.run_id, init_from)
-        stages["evaluate"] = evaluate_flow(config, stages["pretrain"]["model_dir"], data["md5"], parent.run_id)
-        stages["register"] = register_flow(
-            config, stages["pretrain"]["model_dir"], stages["pretrain"]["run_dir"], stages["evaluate"], data["md5"], parent.run_id
+            cluster = LocalCluster(n_workers=s.chain.dask_workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=None)
+            config = _with_dask_address(config, cluster.scheduler_address)
+        parent = Tracker(
+            s.paths.work_dir / "tracking" / "retrain.jsonl", s.mlflow.tracking_uri, s.mlflow.experiment, "retrain",
+            tags={"pluto.git_sha": git_sha(), "pluto.flow": "retrain"}, connect_now=True, system_metrics=True,
         )
-        parent.log_metrics({"suite_score": stages["evaluate"]["score"]})
-        status = "FINISHED"
-    finally:
-        parent.close(status)
-        if cluster is not None:
-            cluster.close()
-    return {"seed": seed, "data": data, "mlflow_run": parent.url, "stages": stages}
+        if parent.url:
+            create_link_artifact(key="mlflow-retrain-run", link=parent.url, link_text="MLflow retrain run")
+        status = "FAILED"
+        try:
+            parent.log_params({"seed": seed, "launcher": launcher, "config_hash": s.config_hash()})
+            stages: dict[str, Any] = {
+                "ingest": ingest_flow(config, parent.run_id),
+                "qc": qc_flow(config, parent.run_id),
+                "tile": tile_flow(config, parent.run_id),
+            }
+            data = io_retries(commit_data_version, s)(str(s.paths.work_dir), s.chain.dvc_remote, s.s3.endpoint_url)
+            parent.set_tags({"pluto.data_hash": data["md5"]})
+            init_from = ""
+            if s.chain.warm_start == "champion":
+                init_from = io_retries(champion_model_dir, s)(
+                    s.mlflow.tracking_uri, model_name(s.train.arch), str(s.paths.work_dir / "champion")
+                )
+                log.info("warm start: %s", init_from or "no champion yet, training from scratch")
+            parent.set_tags({"pluto.init_from": init_from or "scratch"})
+            stages["pretrain"] = pretrain_flow(config, data["md5"], seed, launcher, nproc, parent.run_id, init_from)
+            stages["evaluate"] = evaluate_flow(config, stages["pretrain"]["model_dir"], data["md5"], parent.run_id)
+            stages["register"] = register_flow(
+                config, stages["pretrain"]["model_dir"], stages["pretrain"]["run_dir"], stages["evaluate"], data["md5"], parent.run_id
+            )
+            parent.log_metrics({"suite_score": stages["evaluate"]["score"]})
+            status = "FINISHED"
+        finally:
+            parent.close(status)
+            if cluster is not None:
+                cluster.close()
+        return {"seed": seed, "data": data, "mlflow_run": parent.url, "stages": stages}
