@@ -17,6 +17,7 @@ import pandas as pd
 
 from pluto.atomic import write_bytes
 from pluto.errors import PlutoError, QuarantineReason, SlideError
+from pluto.paths import PathEscapeError, safe_join
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,10 @@ class SlideSource:
 
 def resolve_inside(root: Path, candidate: Path) -> Path:
     """`candidate` resolved (symlinks followed); SlideError(bad_path) when it leaves `root`."""
-    real_root = root.resolve()
-    real = candidate.resolve()
-    if real != real_root and real_root not in real.parents:
-        raise SlideError(candidate, QuarantineReason.bad_path, f"resolves to {real}, outside {real_root}")
-    return real
+    try:
+        return safe_join(root, candidate)
+    except PathEscapeError as exc:
+        raise SlideError(candidate, QuarantineReason.bad_path, f"resolves to {exc.resolved}, outside {exc.root}") from exc
 
 
 def _list_local(root: Path) -> list[SlideSource]:
@@ -67,6 +67,9 @@ def _list_local(root: Path) -> list[SlideSource]:
             except SlideError as exc:
                 out.append(SlideSource(uri, name, "", 0, "", escape=exc.detail))
                 continue
+            if not local.is_file():  # dangling link, fifo, socket, device: hashing would fail or block
+                out.append(SlideSource(uri, name, "", 0, "", escape=f"{local} is not a regular file"))
+                continue
             st = local.stat()
             out.append(SlideSource(uri, name, str(local), st.st_size, str(st.st_mtime_ns)))
     return out
@@ -75,9 +78,14 @@ def _list_local(root: Path) -> list[SlideSource]:
 def list_sources(src: str, s3_endpoint_url: str | None = None, s3_region: str = "us-east-1", s3_retries: int = 5) -> list[SlideSource]:
     """Every file under `src` (a folder, walked without following directory links, or an s3:// prefix)."""
     if src.startswith("s3://"):
+        from botocore.exceptions import BotoCoreError, ClientError
+
         from pluto.slides.s3_source import key_escapes, list_s3, s3_client
 
-        objects = list_s3(s3_client(s3_endpoint_url, s3_region, s3_retries), src)
+        try:
+            objects = list_s3(s3_client(s3_endpoint_url, s3_region, s3_retries), src)
+        except (BotoCoreError, ClientError) as exc:
+            raise PlutoError(f"{src}: listing failed after retries: {type(exc).__name__}: {exc}") from exc
         return [
             SlideSource(o.uri, os.path.basename(o.rel_key), "", o.bytes, o.etag,
                         escape="key leaves the prefix" if key_escapes(o.rel_key) else "", bucket=o.bucket, key=o.key)
@@ -110,6 +118,8 @@ def read_keyed_csv(path: Path | str | None, value_cols: tuple[str, ...]) -> dict
     for rec in df.to_dict("records"):
         values = {c: rec[c] for c in value_cols if c in rec and rec[c] != ""}
         for k in keys:
+            if rec[k] and (os.path.basename(rec[k]) != rec[k] or rec[k] in (".", "..")):
+                raise PlutoError(f"{path}: {k} {rec[k]!r} is a path; give the file name or slide_id")
             if rec[k]:
                 out[rec[k]] = values
     return out
