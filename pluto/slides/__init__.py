@@ -10,6 +10,7 @@ from pluto.slides.ingest_file import preflight
 from pluto.slides.metadata import SlideInfo, slide_info
 from pluto.slides.pyramid_writer import write_pyramid
 from pluto.slides.reader import read_request, read_thumbnail, read_tile, resize_area
+from pluto.slides.tile_cache import clear_tile_cache, configure_tile_cache, tile_cache
 
 __all__ = [
     "CATALOG_COLUMNS",
@@ -20,7 +21,9 @@ __all__ = [
     "best_level",
     "check_resolution",
     "clear_pool",
+    "clear_tile_cache",
     "configure_pool",
+    "configure_tile_cache",
     "get_handle",
     "ingest",
     "open_slide",
@@ -32,5 +35,6 @@ __all__ = [
     "read_tile",
     "resize_area",
     "slide_info",
+    "tile_cache",
     "write_pyramid",
 ]
