@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -180,6 +181,28 @@ class Settings(BaseSettings):
 _CONFIG_FILE: dict[str, Path | None] = {}
 
 
+def _env_names(*keys: Any, below: bool = True) -> list[str]:
+    """The set PLUTO_ variables that address `keys` (a field path), or (`below`) a field under it."""
+    name = "PLUTO_" + "__".join(str(k) for k in keys).upper()
+    return [k for k in os.environ if k.upper() == name or (below and k.upper().startswith(name + "__"))]
+
+
+def _origin(loc: tuple[Any, ...], path: Path | None, overrides: dict[str, Any]) -> str:
+    """Which input gave the value at `loc`, by precedence: a flag, a PLUTO_ variable, else the file."""
+    node: Any = overrides
+    for key in map(str, loc):
+        if not isinstance(node, dict) or key not in node:
+            break
+        node = node[key]
+    else:
+        return "flags"
+    for i in range(len(loc), 0, -1):  # the variable may set this field or a whole section as JSON
+        exact = _env_names(*loc[:i], below=False)
+        if exact:
+            return exact[0]
+    return str(path) if path else "defaults"
+
+
 def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
     """Resolve settings: defaults < file < env < overrides. Raises ConfigError naming the problem.
 
@@ -194,15 +217,21 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
             raise ConfigError(f"{path}: settings file must be .yaml, .yml or .toml")
     _CONFIG_FILE["path"] = path
     try:
+        if path is not None and path.suffix != ".toml" and not isinstance(yaml.safe_load(path.read_text()) or {}, dict):
+            raise ConfigError(f"{path}: settings file must hold a mapping of sections (e.g. 'slides:'), not a list or a scalar")
         return Settings(**overrides)
     except ValidationError as exc:
-        where = str(path) if path else "settings"
+        errors = exc.errors()
+        origins = [_origin(e["loc"], path, overrides) for e in errors]
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" + (f" ({o})" if len(set(origins)) > 1 else "")
+            for e, o in zip(errors, origins)
         )
-        raise ConfigError(f"{where}: invalid settings: {problems}") from exc
+        raise ConfigError(f"{', '.join(dict.fromkeys(origins))}: invalid settings: {problems}") from exc
     except (ValueError, OSError, yaml.YAMLError) as exc:  # malformed YAML/TOML, bad env JSON
-        where = str(path) if path else "environment"
+        field = re.search(r'field "(\w+)" from source "EnvSettingsSource"', str(exc))
+        env = sorted(_env_names(field[1])) if field else []
+        where = ", ".join(env) or (str(path) if path else "environment")
         raise ConfigError(f"{where}: cannot parse settings: {exc}") from exc
     finally:
         _CONFIG_FILE["path"] = None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import shutil
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -211,6 +212,8 @@ def restore_tables(work_dir: Path) -> None:
 
 def checkout_data(work_dir: Path, md5: str, remote_url: str, endpoint_url: str | None = None) -> DataVersion:
     """Restore data version `md5` from the remote into `work_dir` (a fresh dir works)."""
+    if not re.fullmatch(r"[0-9a-f]{32}(\.dir)?", md5):  # it names cache/remote paths: never a path of its own
+        raise PlutoError(f"{md5!r}: not a DVC data version (32 hex digits); refusing to check it out")
     work_dir = Path(work_dir).resolve()
     init_repo(work_dir, remote_url, endpoint_url)
     md5 = md5 if md5.endswith(".dir") else f"{md5}.dir"

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pluto.errors import PlutoError
+from pluto.paths import PathEscapeError, safe_join
 
 SPLITS = ("train", "val", "test")
 
@@ -35,6 +36,8 @@ class LabeledImages:
         if not self.paths:
             raise DatasetLayoutError(f"{self.root}: {self.name} has no images")
         check_classes(set(self.labels), self.classes, f"{self.name} at {self.root}")
+        if self.splits:
+            check_train_covers(self.labels, self.splits, f"{self.name} at {self.root}")
 
     @property
     def label_ids(self) -> np.ndarray:
@@ -61,6 +64,16 @@ def check_classes(found: set[str], expected: tuple[str, ...] | list[str], where:
         raise DatasetLayoutError(f"{where}: {'; '.join(parts)} (expected {list(expected)})")
 
 
+def check_train_covers(labels: tuple[str, ...], splits: tuple[str, ...], where: str) -> None:
+    """Raise naming the classes that occur in val/test but never in train (as EVA: a probe cannot
+    predict a class it was never trained on, so such a split would be scored as silently wrong)."""
+    train = {lab for lab, s in zip(labels, splits) if s == "train"}
+    unseen = {s: sorted({lab for lab, sp in zip(labels, splits) if sp == s} - train) for s in SPLITS[1:]}
+    unseen = {s: c for s, c in unseen.items() if c}
+    if train and unseen:
+        raise DatasetLayoutError(f"{where}: class(es) with no train item: " + "; ".join(f"{s} has {c}" for s, c in unseen.items()))
+
+
 def require(root: Path, *relative: str) -> None:
     """Raise DatasetLayoutError listing every expected path missing under `root`."""
     root = Path(root)
@@ -73,11 +86,10 @@ def require(root: Path, *relative: str) -> None:
 
 def inside(root: Path, relative: str) -> Path:
     """`root / relative`, refusing paths that escape `root` (.., absolute, symlinks out)."""
-    base = Path(root).resolve()
-    path = (base / relative).resolve()
-    if not path.is_relative_to(base):
-        raise DatasetLayoutError(f"{relative}: path escapes the images folder {base}")
-    return path
+    try:
+        return safe_join(root, relative)
+    except PathEscapeError as exc:
+        raise DatasetLayoutError(f"{relative}: path escapes the images folder {exc.root}") from exc
 
 
 def read_labels_csv(images_dir: Path, labels_csv: Path, classes: tuple[str, ...] | None = None,

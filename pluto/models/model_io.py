@@ -15,6 +15,7 @@ from typing import Any
 
 import timm
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -80,8 +81,10 @@ def read_config(model_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not found")
     try:
         config = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: not a pluto model config (a JSON object is expected)")
     arch = config.get("arch")
     if arch not in PLUTO_ARCHS:
         raise CheckpointError(f"{path}: unknown arch {arch!r}; known: {', '.join(PLUTO_ARCHS)}")
@@ -98,16 +101,21 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> nn.
     digest = _sha256(weights)
     if digest != config.get("weights_sha256"):
         raise CheckpointError(f"{weights}: sha256 {digest[:12]} does not match config.json ({str(config.get('weights_sha256'))[:12]})")
-    kwargs = dict(config["kwargs"])
-    kwargs["patch_sizes"] = tuple(kwargs["patch_sizes"])
-    cfg = {  # JSON turned timm's tuples (input_size, mean, std) into lists
-        k: tuple(v) if isinstance(v, list) else v
-        for k, v in config["pretrained_cfg"].items()
-        if k not in ("architecture", "tag")
-    }
-    model = timm.create_model(config["arch"], pretrained=False, pretrained_cfg_overlay=cfg, **kwargs)
+    try:
+        kwargs = dict(config["kwargs"])
+        kwargs["patch_sizes"] = tuple(kwargs["patch_sizes"])
+        cfg = {  # JSON turned timm's tuples (input_size, mean, std) into lists
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in config["pretrained_cfg"].items()
+            if k not in ("architecture", "tag")
+        }
+        model = timm.create_model(config["arch"], pretrained=False, pretrained_cfg_overlay=cfg, **kwargs)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{model_dir / CONFIG_FILE}: cannot build {config['arch']} from it ({type(e).__name__}: {e})") from e
     try:
         model.load_state_dict(load_file(str(weights), device=str(device)))
+    except SafetensorError as e:
+        raise CheckpointError(f"{weights}: not a safetensors file ({e})") from e
     except RuntimeError as e:
         raise CheckpointError(f"{weights}: weights do not fit {config['arch']} ({e})") from e
     return model.to(device)

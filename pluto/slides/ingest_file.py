@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pluto.atomic import write_bytes
-from pluto.errors import QuarantineReason, SlideError
+from pluto.errors import PlutoError, QuarantineReason, SlideError
 from pluto.slides.geometry import plan_read
 from pluto.slides.handles import open_slide
 from pluto.slides.ingest_sources import SlideSource, load_sources, lookup, read_keyed_csv
-from pluto.slides.metadata import MAX_DIMENSION_PX, MPP_RANGE, SlideInfo
+from pluto.slides.metadata import MAX_DIMENSION_PX, MPP_RANGE, SlideInfo, float_or_none
 from pluto.slides.reader import read_request
 
 log = logging.getLogger(__name__)
@@ -198,6 +198,9 @@ def ingest_files(
     """
     out_dir = Path(out_dir)
     overrides = read_keyed_csv(options.mpp_overrides_csv, ("mpp",))
+    not_numbers = sorted(k for k, v in overrides.items() if "mpp" in v and float_or_none(v["mpp"]) is None)
+    if not_numbers:
+        raise PlutoError(f"{options.mpp_overrides_csv}: mpp is not a number for {not_numbers}")
     fetch = _Fetcher(out_dir, options)
     records: list[dict[str, Any]] = []
     pool = ThreadPoolExecutor(max_workers=max(1, workers))

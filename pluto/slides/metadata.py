@@ -84,7 +84,7 @@ def level_downsamples_from_dims(level_dims: tuple[tuple[int, int], ...]) -> tupl
     return tuple(out)
 
 
-def _float_or_none(value: Any) -> float | None:
+def float_or_none(value: Any) -> float | None:
     try:
         x = float(value)
     except (TypeError, ValueError):
@@ -94,11 +94,11 @@ def _float_or_none(value: Any) -> float | None:
 
 def mpp_from_properties(props: Mapping[str, str]) -> tuple[float | None, float | None]:
     """(mpp_x, mpp_y) from vendor keys, else from TIFF resolution tags with a physical unit."""
-    mx, my = _float_or_none(props.get("openslide.mpp-x")), _float_or_none(props.get("openslide.mpp-y"))
+    mx, my = float_or_none(props.get("openslide.mpp-x")), float_or_none(props.get("openslide.mpp-y"))
     if mx is not None and my is not None:
         return mx, my
     unit = str(props.get("tiff.ResolutionUnit", "")).lower()
-    rx, ry = _float_or_none(props.get("tiff.XResolution")), _float_or_none(props.get("tiff.YResolution"))
+    rx, ry = float_or_none(props.get("tiff.XResolution")), float_or_none(props.get("tiff.YResolution"))
     if unit in _UM_PER_UNIT and rx and ry:
         return _UM_PER_UNIT[unit] / rx, _UM_PER_UNIT[unit] / ry
     return None, None
@@ -140,7 +140,7 @@ def info_from_openslide(
         mpp_x=mx,
         mpp_y=my,
         mpp_source=source,
-        objective=_float_or_none(props.get("openslide.objective-power")),
+        objective=float_or_none(props.get("openslide.objective-power")),
     )
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from pluto.tiling.bounds import check_manifest_bounds
 from pluto.tiling.manifest import as_manifest
 from pluto.tiling.order import GlobalOrder, shard_indices
 
@@ -24,6 +25,7 @@ class TileRows:
     """The columns a reader needs, as numpy arrays (shared copy-on-write after fork)."""
 
     def __init__(self, manifest: pd.DataFrame) -> None:
+        check_manifest_bounds(manifest)  # off-slide rows or unservable mpps fail here, naming the rows
         codes, paths = pd.factorize(manifest["path"])
         self.paths: list[str] = [str(p) for p in paths]
         self.path_idx = codes.astype(np.int32)

@@ -61,7 +61,8 @@ def plan_spec(info: SlideInfo, spec: TileSpec, rel_tol: float = MPP_REL_TOL) -> 
     return plan
 
 
-def _fits(info: SlideInfo, plan: SpecPlan, x_l0: np.ndarray, y_l0: np.ndarray) -> np.ndarray:
+def fits_on_slide(info: SlideInfo, plan: SpecPlan, x_l0: np.ndarray, y_l0: np.ndarray) -> np.ndarray:
+    """Bool per tile: its read footprint (level-0 px) lies wholly on the slide."""
     fp = plan.footprint_l0
     return (x_l0 >= 0) & (y_l0 >= 0) & (x_l0 + fp <= info.width) & (y_l0 + fp <= info.height)
 
@@ -73,7 +74,7 @@ def grid_origins(info: SlideInfo, plan: SpecPlan) -> np.ndarray:
     ys = np.rint(np.arange(lh // plan.read_px, dtype=np.float64) * plan.read_px * plan.downsample).astype(np.int64)
     gy, gx = np.meshgrid(ys, xs, indexing="ij")
     xy = np.stack([gx.ravel(), gy.ravel()], axis=1)
-    return xy[_fits(info, plan, xy[:, 0], xy[:, 1])]
+    return xy[fits_on_slide(info, plan, xy[:, 0], xy[:, 1])]
 
 
 def centred_origins(info: SlideInfo, plan: SpecPlan, centres_l0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +84,7 @@ def centred_origins(info: SlideInfo, plan: SpecPlan, centres_l0: np.ndarray) -> 
     half = plan.read_px * plan.downsample / 2.0
     lv = np.rint((c - half) / plan.downsample)
     xy = np.rint(lv * plan.downsample).astype(np.int64)
-    return xy, _fits(info, plan, xy[:, 0], xy[:, 1])
+    return xy, fits_on_slide(info, plan, xy[:, 0], xy[:, 1])
 
 
 def boxes(origins: np.ndarray, plan: SpecPlan) -> np.ndarray:

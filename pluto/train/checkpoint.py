@@ -175,7 +175,10 @@ def load_checkpoint(path: Path) -> tuple[CheckpointMeta, dict[str, Any]]:
         raise CheckpointError(f"{path}: unreadable with weights_only=True ({type(exc).__name__}: {str(exc)[:200]})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint")
-    meta = CheckpointMeta.from_dict(payload.pop("meta"))
+    try:
+        meta = CheckpointMeta.from_dict(payload.pop("meta"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {FORMAT} checkpoint without a valid 'meta' entry ({type(exc).__name__}: {exc})") from exc
     payload.pop("format")
     return meta, payload
 
