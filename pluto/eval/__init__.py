@@ -15,12 +15,14 @@ _EXPORTS = {
     "ProbeProtocol": "linear_probe", "EVA_PROBE": "linear_probe", "QUICK_PROBE": "linear_probe",
     "fit_linear_probe": "linear_probe", "cross_validated_probe": "linear_probe", "knn_accuracy": "linear_probe",
     "quick_linear_probe": "linear_probe", "stratified_folds": "linear_probe",
-    "ABMIL": "abmil", "fit_abmil": "abmil", "MilProtocol": "abmil", "EVA_MIL": "abmil", "QUICK_MIL": "abmil",
-    "ConvDecoderWithImage": "segmentation", "fit_segmentation": "segmentation",
+    "build_abmil": "abmil", "fit_abmil": "abmil", "MilProtocol": "abmil", "EVA_MIL": "abmil", "QUICK_MIL": "abmil",
+    "build_decoder": "segmentation", "fit_segmentation": "segmentation",
+    "load_hest_task": "hest_data", "read_sample": "hest_data", "EvaImageSet": "benchmarks", "LabeledSlides": "benchmarks",
+    "SegmentationSet": "benchmarks", "tissue_grid": "slide_bags", "magnification_bags": "slide_bags",
     "fit_pca_ridge": "hest", "hest_fold_pearson": "hest", "patient_folds": "hest",
     "LabeledImages": "labeled", "read_labels_csv": "labeled", "DatasetLayoutError": "labeled",
     "ADAPTERS": "benchmarks", "resolution_set": "derived", "mean_rgb_features": "baselines",
     "random_init_twin": "baselines", "write_report": "report", "EvalConfig": "eval_config",
-    "TaskConfig": "suite", "SuiteConfig": "suite", "run_suite": "suite", "evaluate": "suite", "load_records": "suite",
+    "TaskConfig": "task_config", "SuiteConfig": "suite", "load_suite_tasks": "suite", "run_suite": "suite", "evaluate": "suite", "load_records": "suite",
 }
 __getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -1,69 +1,104 @@
 """Adapters for the public benchmarks of PLUTO-4 Table 1 / Midnight Table 1, read from a user's local copy.
 
-kaiko-eva 0.4.5's `eva.vision` cannot be imported in this stack (it needs MONAI, which is not
-pinned), so the layouts, class lists and split rules below follow eva's dataset classes
-(`eva/vision/data/datasets/{classification,segmentation}/*.py`) without importing them. Each
-adapter checks the layout first and raises `DatasetLayoutError` naming what is missing.
+kaiko-eva (`eva.vision.data.datasets`, imported lazily: pluto.eval imports with torch+timm alone) decides
+membership, labels and splits, so our numbers use EVA's splits: BACH's patient-aware ranges,
+BreakHis' validation patients, Gleason's microarray split, CoNSeP's patch sampling, MoNuSAC's
+polygon rasterisation. Each adapter first checks the layout and raises `DatasetLayoutError`
+naming what is missing; eva's own integrity check (the full benchmark's item counts) only warns,
+so a partial copy still runs but is logged as not comparable to published numbers. PANDA keeps
+its own reader (eva's class downloads its label table at construction) with eva's stratified split;
+HEST has no eva class and is read in hest_data.py.
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import xml.etree.ElementTree as ET
+import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
+import torch
+from torch.utils.data import Dataset
 
+from pluto.eval.images import resize_chw
 from pluto.eval.labeled import DatasetLayoutError, LabeledImages, require
 
-IMAGE_EXTS = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+log = logging.getLogger(__name__)
 
 
-def _class_folders(name: str, root: Path, base: Path, classes: tuple[str, ...], split: str | None = None) -> LabeledImages:
-    """Images in `base/<class>/...`; every class folder must exist."""
-    require(base, *classes)
-    paths, labels = [], []
-    for c in classes:
-        for p in sorted((base / c).rglob("*")):
-            if p.suffix.lower() in IMAGE_EXTS:
-                paths.append(p), labels.append(c)
-    splits = (split,) * len(paths) if split else None
-    return LabeledImages(name, root, tuple(paths), tuple(labels), classes, splits)
+def eva_dataset_class(name: str) -> type:
+    """A class of `eva.vision.data.datasets`, or a clear error when kaiko-eva[vision] is not installed."""
+    try:
+        from eva.vision.data import datasets
+    except ImportError as exc:
+        raise DatasetLayoutError(f"benchmark adapters need kaiko-eva[vision] (pip install 'kaiko-eva[vision]'): {exc}") from exc
+    return getattr(datasets, name)
 
 
-def _concat(name: str, root: Path, parts: list[LabeledImages]) -> LabeledImages:
-    return LabeledImages(name, root, sum((p.paths for p in parts), ()), sum((p.labels for p in parts), ()),
-                         parts[0].classes, sum((p.splits for p in parts), ()))
+def _eva_split(cls_name: str, root: Path, split: str | None, **kwargs: Any):
+    """An eva dataset for one split, prepared and configured; eva's full-size integrity check only warns."""
+    ds = eva_dataset_class(cls_name)(root=str(root), split=split, **kwargs)
+    try:
+        ds.prepare_data()
+        ds.configure()
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise DatasetLayoutError(f"{root}: {cls_name} split {split!r}: {exc}") from exc
+    try:
+        ds.validate()
+    except ValueError as exc:
+        log.warning("%s split %s at %s is not the complete benchmark (%s): numbers are not comparable to published ones",
+                    cls_name, split, root, exc)
+    return ds
+
+
+def _eva_images(name: str, root: Path, cls_name: str, base: Callable[[str | None], Path], splits: tuple[str | None, ...],
+                **kwargs: Any) -> LabeledImages:
+    """LabeledImages from eva datasets: path = base(split) / eva's `filename(i)`, label = classes[eva's target]."""
+    paths, labels, names, groups = [], [], [], []
+    classes: tuple[str, ...] = ()
+    for split in splits:
+        ds = _eva_split(cls_name, root, split, **kwargs)
+        classes = tuple(ds.classes)
+        for i in range(len(ds)):
+            p = base(split) / ds.filename(i)
+            if not p.is_file():
+                raise DatasetLayoutError(f"{root}: {name} image {p} listed but missing")
+            paths.append(p), labels.append(classes[int(ds.load_target(i))]), names.append(split)
+            groups.append(str((ds.load_metadata(i) or {}).get("patient_id", "")))
+    if not paths:
+        raise DatasetLayoutError(f"{root}: no {name} images found")
+    return LabeledImages(name, root, tuple(paths), tuple(labels), classes,
+                         tuple(names) if splits != (None,) else None, tuple(groups) if any(groups) else None)
 
 
 BACH_CLASSES = ("Benign", "InSitu", "Invasive", "Normal")
-# eva's patient-aware split of the 400 sorted BACH photos (index ranges, end exclusive)
-_BACH_VAL_RANGES = ((41, 59), (60, 90), (139, 169), (240, 258), (260, 273), (345, 368))
+BACH_N_IMAGES = 400  # eva's patient-aware index ranges are defined on the full, sorted set
 
 
 def load_bach(root: Path) -> LabeledImages:
-    """`ICIAR2018_BACH_Challenge/Photos/<class>/*.tif`; eva's patient-aware train/val split when all 400 are there."""
+    """`ICIAR2018_BACH_Challenge/Photos/<class>/*.tif`, all 400: eva's patient-aware train/val index ranges
+    are defined on the full sorted set, so a partial copy would mix patients across splits."""
     root = Path(root)
-    base = root / "ICIAR2018_BACH_Challenge" / "Photos"
-    ds = _class_folders("bach", root, base, BACH_CLASSES)
-    if len(ds.paths) != 400:
-        return ds
-    val = {i for a, b in _BACH_VAL_RANGES for i in range(a, b)}
-    splits = tuple("val" if i in val else "train" for i in range(400))
-    return LabeledImages("bach", root, ds.paths, ds.labels, ds.classes, splits)
+    photos = root / "ICIAR2018_BACH_Challenge" / "Photos"
+    require(root, *(f"ICIAR2018_BACH_Challenge/Photos/{c}" for c in BACH_CLASSES))
+    n = sum(1 for c in BACH_CLASSES for _ in (photos / c).glob("*.tif"))
+    if n != BACH_N_IMAGES:
+        raise DatasetLayoutError(f"{photos}: BACH needs all {BACH_N_IMAGES} .tif photos for eva's patient-aware split, found {n}")
+    return _eva_images("bach", root, "BACH", lambda _: photos, ("train", "val"))
 
 
 CRC_CLASSES = ("ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM")
+CRC_DIRS = {"train": "NCT-CRC-HE-100K", "val": "CRC-VAL-HE-7K"}
 
 
 def load_crc(root: Path) -> LabeledImages:
-    """`NCT-CRC-HE-100K/<class>/` (train) and `CRC-VAL-HE-7K/<class>/` (val, the reported split)."""
+    """`NCT-CRC-HE-100K/<class>/*.tif` (train) and `CRC-VAL-HE-7K/<class>/*.tif` (val, the reported split)."""
     root = Path(root)
-    require(root, "NCT-CRC-HE-100K", "CRC-VAL-HE-7K")
-    return _concat("crc", root, [_class_folders("crc", root, root / "NCT-CRC-HE-100K", CRC_CLASSES, "train"),
-                                 _class_folders("crc", root, root / "CRC-VAL-HE-7K", CRC_CLASSES, "val")])
+    require(root, *CRC_DIRS.values())
+    return _eva_images("crc", root, "CRC", lambda s: root / CRC_DIRS[s], ("train", "val"))
 
 
 BRACS_CLASSES = ("0_N", "1_PB", "2_UDH", "3_FEA", "4_ADH", "5_DCIS", "6_IC")
@@ -72,25 +107,21 @@ BRACS_CLASSES = ("0_N", "1_PB", "2_UDH", "3_FEA", "4_ADH", "5_DCIS", "6_IC")
 def load_bracs(root: Path) -> LabeledImages:
     """`BRACS_RoI/latest_version/{train,val,test}/<class>/*.png`."""
     root = Path(root)
-    base = root / "BRACS_RoI" / "latest_version"
     require(root, *(f"BRACS_RoI/latest_version/{s}" for s in ("train", "val", "test")))
-    return _concat("bracs", root, [_class_folders("bracs", root, base / s, BRACS_CLASSES, s) for s in ("train", "val", "test")])
+    return _eva_images("bracs", root, "BRACS", lambda _: root / "BRACS_RoI" / "latest_version", ("train", "val", "test"))
 
 
 BREAKHIS_CLASSES = ("TA", "MC", "F", "DC")  # eva keeps these four subtypes, 40X only
 
 
 def load_breakhis(root: Path, magnification: str = "40X") -> LabeledImages:
-    """`BreaKHis_v1/histology_slides/breast/**/<mag>/SOB_<B|M>_<type>-<yy>-<patient>-<mag>-<n>.png`; groups = patient."""
+    """`BreaKHis_v1/histology_slides/breast/**/<mag>/SOB_<B|M>_<type>-<yy>-<patient>-<mag>-<n>.png`.
+
+    eva's split: its 14 validation patients -> val, the rest train; groups = patient id.
+    """
     root = Path(root)
     require(root, "BreaKHis_v1/histology_slides/breast")
-    files = sorted((root / "BreaKHis_v1/histology_slides/breast").rglob(f"{magnification}/*.png"))
-    keep = [(p, p.name.split("-")[0].split("_")[-1], p.name.split("-")[2]) for p in files]
-    keep = [k for k in keep if k[1] in BREAKHIS_CLASSES]
-    if not keep:
-        raise DatasetLayoutError(f"{root}: no {magnification} BreakHis images of classes {BREAKHIS_CLASSES}")
-    paths, labels, groups = zip(*keep)
-    return LabeledImages("breakhis", root, paths, labels, BREAKHIS_CLASSES, groups=groups)
+    return _eva_images("breakhis", root, "BreaKHis", lambda _: root, ("train", "val"), magnifications=[magnification])
 
 
 MHIST_CLASSES = ("SSA", "HP")
@@ -101,16 +132,11 @@ def load_mhist(root: Path) -> LabeledImages:
     root = Path(root)
     require(root, "images", "annotations.csv")
     with (root / "annotations.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
+        header = next(csv.reader(f), [])
     need = {"Image Name", "Majority Vote Label", "Partition"}
-    if not rows or not need <= set(rows[0]):
+    if not need <= set(header):
         raise DatasetLayoutError(f"{root / 'annotations.csv'}: needs columns {sorted(need)}")
-    paths = tuple(root / "images" / r["Image Name"] for r in rows)
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise DatasetLayoutError(f"{root}: {len(missing)} annotated image(s) missing, e.g. {missing[0]}")
-    return LabeledImages("mhist", root, paths, tuple(r["Majority Vote Label"] for r in rows), MHIST_CLASSES,
-                         tuple(r["Partition"] for r in rows))
+    return _eva_images("mhist", root, "MHIST", lambda _: root / "images", ("train", "test"))
 
 
 GLEASON_CLASSES = ("benign", "gleason_3", "gleason_4", "gleason_5")
@@ -123,179 +149,189 @@ def load_gleason_arvaniti(root: Path) -> LabeledImages:
     """
     root = Path(root)
     require(root, "train_validation_patches_750", "test_patches_750/patho_1")
-    files = sorted((root / "train_validation_patches_750").rglob("*.jpg")) + sorted((root / "test_patches_750/patho_1").rglob("*.jpg"))
-    paths, labels, splits = [], [], []
-    for p in files:
-        tma = p.stem.split("_")[0]
-        split = "test" if "test_patches_750" in p.parts else "val" if tma == "ZT76" else "train" if tma in {"ZT111", "ZT199", "ZT204"} else None
-        if split is None:
-            raise DatasetLayoutError(f"{p}: unknown tissue microarray {tma!r} (expected ZT76, ZT111, ZT199, ZT204)")
-        paths.append(p), labels.append(GLEASON_CLASSES[int(p.stem.split("_")[-1])]), splits.append(split)
-    return LabeledImages("gleason_arvaniti", root, tuple(paths), tuple(labels), GLEASON_CLASSES, tuple(splits))
+    return _eva_images("gleason_arvaniti", root, "GleasonArvaniti", lambda _: root, ("train", "val", "test"))
+
+
+PCAM_SPLITS = {"train": "train", "val": "valid", "test": "test"}
+PCAM_FILES = tuple(f"camelyonpatch_level_2_split_{s}_{k}.h5" for s in PCAM_SPLITS.values() for k in ("x", "y"))
+
+
+class EvaImages(Dataset):
+    """Images of eva datasets (concatenated splits) as uint8 CHW at `input_px`; eva reads each item.
+
+    `files` (the data on disk) make the fingerprint: path, size and mtime of each.
+    """
+
+    def __init__(self, parts: list, input_px: int, files: tuple[Path, ...]) -> None:
+        self.parts, self.input_px, self.files = parts, int(input_px), files
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        k = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        chw = self.parts[k].load_data(i - int(self.offsets[k]))
+        return resize_chw(np.asarray(chw).transpose(1, 2, 0), self.input_px)
+
+    @property
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(f"eva:{[type(p).__name__ for p in self.parts]}:{self.input_px}".encode())
+        for p in self.files:
+            st = p.stat()
+            h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class EvaImageSet:
+    """A benchmark stored in container files (PCam's HDF5): items stay in the files, eva reads them lazily."""
+
+    name: str
+    root: Path
+    parts: tuple  # eva datasets, one per split
+    label_ids: np.ndarray
+    splits: tuple[str, ...]
+    classes: tuple[str, ...]
+    files: tuple[Path, ...]
+
+    def dataset(self, input_px: int) -> EvaImages:
+        return EvaImages(list(self.parts), input_px, self.files)
+
+
+def load_pcam(root: Path) -> EvaImageSet:
+    """PatchCamelyon HDF5 files (96 px at ~1 um/px), train/val/test as in eva's `PatchCamelyon`."""
+    root = Path(root)
+    require(root, *PCAM_FILES)
+    import h5py  # installed with kaiko-eva[vision]; one read per label file instead of one per item
+
+    parts, labels, splits = [], [], []
+    for split, stem in PCAM_SPLITS.items():
+        ds = _eva_split("PatchCamelyon", root, split)
+        with h5py.File(root / f"camelyonpatch_level_2_split_{stem}_y.h5", "r") as fy:
+            y = np.asarray(fy["y"]).reshape(-1).astype(np.int64)
+        if len(y) != len(ds):
+            raise DatasetLayoutError(f"{root}: PCam {split} has {len(ds)} images but {len(y)} labels")
+        parts.append(ds), labels.append(y), splits.extend([split] * len(y))
+    return EvaImageSet("pcam", root, tuple(parts), np.concatenate(labels), tuple(splits), tuple(parts[0].classes),
+                       tuple(root / f for f in PCAM_FILES))
 
 
 @dataclass(frozen=True)
 class LabeledSlides:
-    """Slide-level task: one label per whole-slide image (bags of tile embeddings come from tiling)."""
+    """Slide-level task: one label per whole-slide image; bags of tile embeddings come from slide_bags.py."""
 
     name: str
     root: Path
     paths: tuple[Path, ...]
     labels: tuple[str, ...]
     classes: tuple[str, ...]
+    splits: tuple[str, ...]
+
+    @property
+    def label_ids(self) -> np.ndarray:
+        return np.array([self.classes.index(x) for x in self.labels], dtype=np.int64)
 
 
 PANDA_CLASSES = ("0", "1", "2", "3", "4", "5")  # ISUP grade
+PANDA_SPLIT_RATIOS, PANDA_SPLIT_SEED = (0.7, 0.15, 0.15), 42  # eva's PANDA class
 
 
 def load_panda(root: Path) -> LabeledSlides:
-    """`train_images/<image_id>.tiff` + `train.csv` (or eva's `train_with_noisy_labels.csv`) with image_id, isup_grade."""
+    """`train_images/<image_id>.tiff` + `train_with_noisy_labels.csv` (eva's table) or Kaggle's `train.csv`.
+
+    As eva: with the noisy-label table only rows with `noise_ratio_10 != 0` are kept, then
+    `eva.core.data.splitting.stratified_split` 70/15/15 with seed 42.
+    """
     root = Path(root)
     require(root, "train_images")
     table = next((root / n for n in ("train_with_noisy_labels.csv", "train.csv") if (root / n).is_file()), None)
     if table is None:
-        raise DatasetLayoutError(f"{root}: expected 'train.csv' or 'train_with_noisy_labels.csv' (image_id, isup_grade)")
+        raise DatasetLayoutError(f"{root}: expected 'train_with_noisy_labels.csv' or 'train.csv' (image_id, isup_grade)")
     with table.open(newline="") as f:
-        grade = {r["image_id"]: r["isup_grade"] for r in csv.DictReader(f)}
+        rows = {r["image_id"]: r for r in csv.DictReader(f)}
     slides = sorted((root / "train_images").glob("*.tiff"))
-    unknown = [p.name for p in slides if p.stem not in grade]
+    unknown = [p.name for p in slides if p.stem not in rows]
     if not slides or unknown:
         raise DatasetLayoutError(f"{root}: {'no slides in train_images' if not slides else f'no grade in {table.name} for {unknown[:3]}'}")
-    return LabeledSlides("panda", root, tuple(slides), tuple(grade[p.stem] for p in slides), PANDA_CLASSES)
+    slides = [p for p in slides if float(rows[p.stem].get("noise_ratio_10") or 1) != 0]
+    grades = [rows[p.stem]["isup_grade"] for p in slides]
+    from eva.core.data import splitting
+
+    idx = splitting.stratified_split(samples=slides, targets=[int(g) for g in grades], train_ratio=PANDA_SPLIT_RATIOS[0],
+                                     val_ratio=PANDA_SPLIT_RATIOS[1], test_ratio=PANDA_SPLIT_RATIOS[2], seed=PANDA_SPLIT_SEED)
+    split_of = {i: s for s, ids in zip(("train", "val", "test"), idx) for i in (ids or [])}
+    return LabeledSlides("panda", root, tuple(slides), tuple(grades), PANDA_CLASSES, tuple(split_of[i] for i in range(len(slides))))
 
 
 @dataclass(frozen=True)
 class SegmentationSet:
+    """eva segmentation datasets per split; `read(i)` -> (RGB H x W x 3 uint8, class-index mask H x W int64)."""
+
     name: str
     root: Path
-    images: tuple[Path, ...]
-    splits: tuple[str, ...]
+    parts: tuple  # eva datasets
+    part_splits: tuple[str, ...]
     classes: tuple[str, ...]  # index 0 = background
-    masks: tuple[Path, ...]  # annotation file per image (format depends on the benchmark)
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(s for p, s in zip(self.parts, self.part_splits) for _ in range(len(p)))
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(RGB H x W x 3 uint8, class-index mask H x W int64)."""
-        from PIL import Image
+        for p in self.parts:
+            if i < len(p):
+                return np.asarray(p.load_data(i)).transpose(1, 2, 0).astype(np.uint8), np.asarray(p.load_target(i)).astype(np.int64)
+            i -= len(p)
+        raise IndexError(i)
 
-        rgb = np.asarray(Image.open(self.images[i]).convert("RGB"))
-        reader = _consep_mask if self.name == "consep" else _monusac_mask
-        return rgb, reader(self.masks[i], rgb.shape[:2], self.classes)
+
+def _segmentation(name: str, root: Path, cls_name: str, splits: tuple[str, ...], **kwargs: Any) -> SegmentationSet:
+    parts = tuple(_eva_split(cls_name, root, s, **kwargs) for s in splits)
+    if not sum(len(p) for p in parts):
+        raise DatasetLayoutError(f"{root}: no {name} images found")
+    return SegmentationSet(name, root, parts, splits, tuple(parts[0].classes))
 
 
 CONSEP_CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle-shaped")
 
 
-def _consep_mask(path: Path, hw: tuple[int, int], classes: tuple[str, ...]) -> np.ndarray:
-    """`type_map` of the .mat file, with eva's merges: 3&4 -> epithelial (3), 5,6,7 -> spindle-shaped (4)."""
-    from scipy.io import loadmat
-
-    m = np.asarray(loadmat(path)["type_map"]).astype(np.int64)
-    m = np.where(m == 4, 3, m)
-    return np.where(m > 4, 4, m)
-
-
-
-
 def load_consep(root: Path) -> SegmentationSet:
-    """`{Train,Test}/Images/*.png` + `{Train,Test}/Labels/<name>.mat`; Train = train, Test = val (as eva)."""
+    """`{Train,Test}/Images/*.png` + `{Train,Test}/Labels/<name>.mat`; Train = train, Test = val (as eva).
+
+    eva samples up to 25 foreground patches of 250 px at 0.25 um/px per image and merges the
+    classes (3&4 -> epithelial, 5-7 -> spindle-shaped).
+    """
     root = Path(root)
     require(root, "Train/Images", "Train/Labels", "Test/Images", "Test/Labels")
-    images, masks, splits = [], [], []
-    for folder, split in (("Train", "train"), ("Test", "val")):
+    for folder in ("Train", "Test"):
         for p in sorted((root / folder / "Images").glob("*.png")):
-            mat = root / folder / "Labels" / f"{p.stem}.mat"
-            if not mat.is_file():
-                raise DatasetLayoutError(f"{p}: label file {mat} missing")
-            images.append(p), masks.append(mat), splits.append(split)
-    if not images:
-        raise DatasetLayoutError(f"{root}: no CoNSeP images under Train/Images or Test/Images")
-    return SegmentationSet("consep", root, tuple(images), tuple(splits), CONSEP_CLASSES, tuple(masks))
+            if not (root / folder / "Labels" / f"{p.stem}.mat").is_file():
+                raise DatasetLayoutError(f"{p}: label file {folder}/Labels/{p.stem}.mat missing")
+    return _segmentation("consep", root, "CoNSeP", ("train", "val"))
 
 
 MONUSAC_CLASSES = ("Background", "Epithelial", "Lymphocyte", "Neutrophil", "Macrophage", "Ambiguous")
 MONUSAC_DIRS = {"train": "MoNuSAC_images_and_annotations", "test": "MoNuSAC Testing Data and Annotations"}
 
 
-def _monusac_mask(path: Path, hw: tuple[int, int], classes: tuple[str, ...]) -> np.ndarray:
-    """Rasterise the XML polygons: each <Annotation>'s first attribute names the cell type."""
-    import cv2
-
-    mask = np.zeros(hw, np.uint8)
-    for ann in ET.parse(path).getroot().iter("Annotation"):
-        attr = ann.find("Attributes/Attribute")
-        if attr is None or attr.get("Name") not in classes:
-            continue
-        cls = classes.index(attr.get("Name"))
-        for region in ann.iter("Region"):
-            pts = np.array([[float(v.get("X")), float(v.get("Y"))] for v in region.iter("Vertex")], np.float64)
-            if len(pts) >= 3:
-                cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], cls)
-    return mask.astype(np.int64)
-
-
 def load_monusac(root: Path) -> SegmentationSet:
-    """`MoNuSAC_images_and_annotations/<patient>/*.tif` (+ same-name .xml) and the testing folder."""
+    """`MoNuSAC_images_and_annotations/<patient>/*.tif` (+ same-name .xml) and the testing folder; eva rasterises the XML."""
     root = Path(root)
     require(root, *MONUSAC_DIRS.values())
-    images, masks, splits = [], [], []
-    for split, folder in MONUSAC_DIRS.items():
+    for folder in MONUSAC_DIRS.values():
         for p in sorted((root / folder).rglob("*.tif")):
-            xml = p.with_suffix(".xml")
-            if not xml.is_file():
-                raise DatasetLayoutError(f"{p}: annotation {xml.name} missing")
-            images.append(p), masks.append(xml), splits.append(split)
-    if not images:
-        raise DatasetLayoutError(f"{root}: no MoNuSAC .tif images")
-    return SegmentationSet("monusac", root, tuple(images), tuple(splits), MONUSAC_CLASSES, tuple(masks))
+            if not p.with_suffix(".xml").is_file():
+                raise DatasetLayoutError(f"{p}: annotation {p.with_suffix('.xml').name} missing")
+    return _segmentation("monusac", root, "MoNuSAC", ("train", "test"), export_masks=False)
 
 
-PCAM_FILES = tuple(f"camelyonpatch_level_2_split_{s}_{k}.h5" for s in ("train", "valid", "test") for k in ("x", "y"))
+def load_hest(root: Path):
+    from pluto.eval.hest_data import load_hest_task
 
-
-def load_pcam(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """PatchCamelyon HDF5 files (96 px at ~1 um/px): (uint8 N x 96 x 96 x 3, labels N). Needs h5py."""
-    root = Path(root)
-    require(root, *PCAM_FILES)
-    try:
-        import h5py
-    except ImportError as exc:
-        raise DatasetLayoutError("PCam is stored as HDF5: install h5py to read it") from exc
-    name = {"train": "train", "val": "valid", "test": "test"}[split]
-    with h5py.File(root / f"camelyonpatch_level_2_split_{name}_x.h5") as fx, h5py.File(root / f"camelyonpatch_level_2_split_{name}_y.h5") as fy:
-        return np.asarray(fx["x"]), np.asarray(fy["y"]).reshape(-1)
-
-
-@dataclass(frozen=True)
-class HestTask:
-    """One HEST-Benchmark task (e.g. IDC): leave-one-patient-out folds and the benchmark's 50 genes."""
-
-    name: str
-    root: Path
-    folds: tuple[tuple[Path, Path], ...]  # (train csv, test csv) per fold; rows sample_id, patches_path, expr_path
-    genes: tuple[str, ...]
-
-
-def load_hest_task(root: Path) -> HestTask:
-    """`<task>/splits/{train,test}_<k>.csv` + `<task>/var_50genes.json` (HEST-Benchmark `bench_data` layout).
-
-    Patches (.h5) and expression (.h5ad) are read by the caller (needs h5py/anndata); the ridge is in hest.py.
-    """
-    root = Path(root)
-    require(root, "splits", "var_50genes.json")
-    trains = sorted((root / "splits").glob("train_*.csv"))
-    folds = []
-    for tr in trains:
-        te = tr.with_name(tr.name.replace("train_", "test_"))
-        if not te.is_file():
-            raise DatasetLayoutError(f"{tr}: matching {te.name} missing")
-        folds.append((tr, te))
-    if not folds:
-        raise DatasetLayoutError(f"{root / 'splits'}: no train_<k>.csv / test_<k>.csv fold files")
-    genes = json.loads((root / "var_50genes.json").read_text())
-    genes = genes["genes"] if isinstance(genes, dict) else genes
-    return HestTask(root.name, root, tuple(folds), tuple(genes))
+    return load_hest_task(root)
 
 
 ADAPTERS = {"bach": load_bach, "bracs": load_bracs, "breakhis": load_breakhis, "crc": load_crc, "mhist": load_mhist,
-            "gleason_arvaniti": load_gleason_arvaniti, "panda": load_panda, "consep": load_consep,
-            "monusac": load_monusac, "pcam": load_pcam, "hest": load_hest_task}
+            "gleason_arvaniti": load_gleason_arvaniti, "pcam": load_pcam, "panda": load_panda, "consep": load_consep,
+            "monusac": load_monusac, "hest": load_hest}

@@ -17,7 +17,7 @@ RESOLUTION_MPPS = (0.5, 1.0, 2.0)
 MIN_TISSUE_SATURATION = 0.08  # mean HSV saturation of the coarsest read; glass background is ~0.02
 
 
-def _saturation(rgb: np.ndarray) -> float:
+def saturation(rgb: np.ndarray) -> float:
     f = rgb.astype(np.float32) / 255.0
     mx, mn = f.max(-1), f.min(-1)
     return float(np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0).mean())
@@ -41,7 +41,7 @@ def resolution_set(slide: Path, tile_px: int = 112, mpps: tuple[float, ...] = RE
     if not centres:
         raise PlutoError(f"{slide}: too small for {tile_px}-px tiles at {max(mpps)} um/px")
     kept = [c for c in centres
-            if _saturation(read_tile(handle, int(c[0] - fov_l0[-1] / 2), int(c[1] - fov_l0[-1] / 2), mpps[-1], tile_px)) >= MIN_TISSUE_SATURATION]
+            if saturation(read_tile(handle, int(c[0] - fov_l0[-1] / 2), int(c[1] - fov_l0[-1] / 2), mpps[-1], tile_px)) >= MIN_TISSUE_SATURATION]
     rng = np.random.default_rng(seed)
     kept = [kept[i] for i in sorted(rng.permutation(len(kept))[:max_regions])]
     if not kept:

@@ -77,6 +77,12 @@ def _norm_stats(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]
     return tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
 
 
+def normalise(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float, normalised with the model's pretrained_cfg mean/std (what the encoder sees)."""
+    mean, std = (torch.tensor(v, device=batch.device).view(1, 3, 1, 1) * 255 for v in _norm_stats(model))
+    return (batch.float() - mean) / std
+
+
 def patch_size_of(model: nn.Module, patch_size: int | None) -> int:
     if patch_size is not None:
         return int(patch_size)
@@ -137,14 +143,13 @@ def extract_embeddings(
             return np.load(cache_file)
     dev = torch.device(device)
     model = model.eval().to(dev)
-    mean, std = (torch.tensor(v, device=dev).view(1, 3, 1, 1) * 255 for v in _norm_stats(model))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=dev.type == "cuda", persistent_workers=False,
                         prefetch_factor=4 if num_workers > 0 else None)
     chunks, done = [], 0
     with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         for batch in loader:
-            x = (batch.to(dev, non_blocking=True).float() - mean) / std
+            x = normalise(model, batch.to(dev, non_blocking=True))
             emb = embed_batch(model, x, mode, ps)
             chunks.append(emb.float().cpu())
             done += len(batch)

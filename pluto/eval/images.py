@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from pluto.errors import PlutoError
 
 
-def _resize_chw(rgb: np.ndarray, input_px: int) -> torch.Tensor:
+def resize_chw(rgb: np.ndarray, input_px: int) -> torch.Tensor:
     img = Image.fromarray(rgb)
     if img.size != (input_px, input_px):
         img = img.resize((input_px, input_px), Image.Resampling.BILINEAR, reducing_gap=None)
@@ -49,7 +49,7 @@ class ImageFiles(Dataset):
                 rgb = np.asarray(im.convert("RGB"))
         except OSError as exc:
             raise PlutoError(f"{self.paths[i]}: cannot decode image ({exc})") from exc
-        return _resize_chw(rgb, self.input_px)
+        return resize_chw(rgb, self.input_px)
 
     @property
     def fingerprint(self) -> str:
@@ -80,7 +80,7 @@ class SlideTiles(Dataset):
 
         r = self.rows.iloc[i]
         tile = read_tile(get_handle(r.path), int(r.x_l0), int(r.y_l0), float(r.mpp), int(r.tile_px))
-        return _resize_chw(tile, self.input_px)
+        return resize_chw(tile, self.input_px)
 
     @property
     def fingerprint(self) -> str:
@@ -101,7 +101,7 @@ class ArrayImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return _resize_chw(self.images[i], self.input_px)
+        return resize_chw(self.images[i], self.input_px)
 
     @property
     def fingerprint(self) -> str:

@@ -158,23 +158,30 @@ def stratified_folds(labels, n_folds: int, seed: int, groups=None) -> np.ndarray
     return folds
 
 
-def cross_validated_probe(x, y, protocol: ProbeProtocol, seed: int, n_folds: int = 4, device: str = "cpu",
-                          groups=None) -> float:
+def pooled_out_of_fold(fit_fold, y, n_folds: int, seed: int, groups=None) -> float:
     """Balanced accuracy of pooled out-of-fold predictions when a labeled set has no split.
 
     Fold f is the test fold, fold f+1 the validation fold (best-checkpoint selection), the rest
-    train. Pooling all N out-of-fold predictions before scoring keeps a small set's estimate stable.
+    train; `fit_fold(train_mask, val_mask, test_mask, fold_seed)` returns the test predictions.
+    Pooling all N out-of-fold predictions before scoring keeps a small set's estimate stable.
     """
     y = np.asarray(y)
     folds = stratified_folds(y, n_folds, seed, groups)
     pred = np.empty_like(y)
-    k = int(y.max() + 1)
     for f in range(n_folds):
         te, va = folds == f, folds == (f + 1) % n_folds
-        tr = ~(te | va)
-        fit = fit_linear_probe(x[tr], y[tr], x[va], y[va], x[te], y[te], protocol, seed * 1000 + f, k, device)
-        pred[te] = fit.test_pred
+        pred[te] = fit_fold(~(te | va), va, te, seed * 1000 + f)
     return balanced_accuracy(y, pred)
+
+
+def cross_validated_probe(x, y, protocol: ProbeProtocol, seed: int, n_folds: int = 4, device: str = "cpu",
+                          groups=None) -> float:
+    """Linear probe scored on pooled out-of-fold predictions (see `pooled_out_of_fold`)."""
+    y = np.asarray(y)
+    k = int(y.max() + 1)
+    return pooled_out_of_fold(
+        lambda tr, va, te, s: fit_linear_probe(x[tr], y[tr], x[va], y[va], x[te], y[te], protocol, s, k, device).test_pred,
+        y, n_folds, seed, groups)
 
 
 def knn_accuracy(train_emb, train_y, test_emb, test_y, k: int = 20) -> float:

@@ -1,4 +1,5 @@
-"""Metrics in torch/numpy (no scikit-learn on the hot path); each agrees with the reference library (tests)."""
+"""Metrics in torch/numpy (no scikit-learn on the hot path); each agrees with the reference library (tests).
+Dice is eva's MONAI wrapper (lazy import), the exact metric eva reports."""
 
 from __future__ import annotations
 
@@ -28,14 +29,13 @@ def pearson_per_column(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
 
 
 def dice_without_background(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> float:
-    """Macro dice over classes 1..C-1 on integer label maps (B, H, W), as eva reports for CoNSeP/MoNuSAC.
+    """eva's headline segmentation metric (CoNSeP/MoNuSAC): MONAI dice per image and foreground class,
+    classes empty in both prediction and target skipped (`ignore_empty`), then averaged.
 
-    Classes absent from both prediction and target are skipped (MONAI's `ignore_empty`).
+    Integer label maps (B, H, W); needs kaiko-eva[vision] (MONAI).
     """
-    scores = []
-    for c in range(1, n_classes):
-        p, t = pred == c, target == c
-        denom = p.sum() + t.sum()
-        if denom > 0:
-            scores.append(float(2 * (p & t).sum() / denom))
-    return float(np.mean(scores)) if scores else float("nan")
+    from eva.vision.metrics.segmentation import MonaiDiceScore
+
+    metric = MonaiDiceScore(num_classes=n_classes, include_background=False, ignore_empty=True)
+    metric.update(torch.as_tensor(pred).long(), torch.as_tensor(target).long())
+    return float(metric.compute())

@@ -28,7 +28,7 @@ PUBLISHED: dict[tuple[str, str], dict[str, float]] = {
     ("panda", "cls+mean"): {"PLUTO-4S-8": 0.631, "PLUTO-4S-16": 0.630, "PLUTO-4G": 0.666, "Midnight-92k": 0.643},
     ("bracs", "cls+mean"): {"Midnight-92k": 0.615},
 }
-PUBLISHED_PROTOCOLS = {"eva", "hest_ridge"}  # published numbers are only shown for records run under these
+PUBLISHED_PROTOCOLS = {"linear_probe/eva", "abmil/eva", "segmentation/eva", "hest_ridge"}  # records run under these only
 
 
 def published_for(task: str, mode: str, protocol: str) -> dict[str, float]:

@@ -38,7 +38,7 @@ def results_table(records: list[EvalRecord], baselines: dict[str, list[EvalRecor
         row += [_cell(same(records, m)) for m in modes]
         row += [_cell(same(champion, m)) for m in modes] if champion else []
         row += [_cell(same(b)) for b in baselines.values()]
-        pub = {f"{name} [{r.embedding_mode}]": v for r in mine for name, v in published_for(r.task, r.embedding_mode, r.protocol).items()}
+        pub = {f"{name} [{r.embedding_mode}]": v for r in mine for name, v in published_for(r.dataset, r.embedding_mode, r.protocol).items()}
         row.append("; ".join(f"{k}: {v:.3f}" for k, v in sorted(pub.items())) or "–")
         rows.append(row)
     return header, rows

@@ -1,15 +1,18 @@
 """Evaluation suites: task configs, `run_suite` (the registry gate's score) and the single-folder `evaluate`.
 
-A suite is a list of `TaskConfig`s evaluated under one `EvalConfig`. Linear-probe tasks run on
-labeled image sets (a benchmark adapter, the generic folder adapter, or the resolution set derived
-from a bundled slide); ABMIL, segmentation and HEST have their own entry points (abmil.py,
-segmentation.py, hest.py) because their inputs (bags, token grids, expression) come from tiling.
+A suite is a list of `TaskConfig`s evaluated under one `EvalConfig`; a task names its dataset,
+scored split, metric and protocol. Protocols: "linear_probe" (labeled image sets: a benchmark
+adapter, the generic folder adapter, or the resolution set derived from a bundled slide), "abmil"
+(slide-level: PANDA bags from a tissue grid, or magnification bags derived from a bundled slide),
+"segmentation" (CoNSeP / MoNuSAC, patch tokens + eva's ConvDecoderWithImage) and "hest_ridge"
+(HEST-Benchmark task folder). Every record carries protocol/preset, eval-suite version, patch
+size and embedding mode, and all land in one results table.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -17,56 +20,59 @@ import numpy as np
 from torch import nn
 
 from pluto.eval.baselines import mean_rgb_features, random_init_twin
-from pluto.eval.benchmarks import ADAPTERS
+from pluto.eval import task_runners
+from pluto.eval.benchmarks import ADAPTERS, EvaImageSet
 from pluto.eval.eval_config import EvalConfig
-from pluto.eval.embeddings import extract_embeddings, input_px, model_id, resolve_model, patch_size_of
+from pluto.eval.embeddings import input_px, model_id, resolve_model, patch_size_of
 from pluto.eval.images import ArrayImages, ImageFiles
 from pluto.eval.labeled import DatasetLayoutError, LabeledImages, check_classes, read_labels_csv
 from pluto.eval.linear_probe import PROBE_PRESETS, ProbeProtocol, cross_validated_probe, fit_linear_probe
 from pluto.eval.records import EvalRecord, SuiteResult, suite_score
 from pluto.eval.report import write_report
+from pluto.eval.task_config import TaskConfig
 
 log = logging.getLogger(__name__)
 
 
 def probe_protocol(cfg: EvalConfig) -> ProbeProtocol:
-    if cfg.preset not in PROBE_PRESETS:
-        raise DatasetLayoutError(f"eval.preset {cfg.preset!r} unknown; one of {sorted(PROBE_PRESETS)}")
-    p = PROBE_PRESETS[cfg.preset]
-    return replace(p, n_seeds=cfg.n_seeds) if cfg.n_seeds else p
+    return task_runners.preset(PROBE_PRESETS, cfg, "linear-probe")
 
 
 def run_seeds(cfg: EvalConfig) -> tuple[int, ...]:
-    return tuple(range(cfg.seed, cfg.seed + probe_protocol(cfg).n_seeds))
-
-
-@dataclass(frozen=True)
-class TaskConfig:
-    """One task: which dataset (adapter name, "folder" or "resolution"), which split is scored, which metric."""
-
-    name: str
-    dataset: str
-    root: str  # dataset root / images folder / slide path (resolution)
-    split: str = "test"  # scored split; "cv" when the set has no splits
-    metric: str = "balanced_accuracy"
-    labels_csv: str | None = None  # folder adapter only
-    classes: tuple[str, ...] | None = None  # expected classes; a mismatch is an error
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TaskConfig":
-        d = dict(d)
-        if d.get("classes") is not None:
-            d["classes"] = tuple(d["classes"])
-        return cls(**d)
+    return task_runners.seeds_for(cfg, probe_protocol(cfg).n_seeds)
 
 
 @dataclass(frozen=True)
 class SuiteConfig:
     tasks: tuple[TaskConfig, ...]
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_suite_tasks(path: Path) -> tuple[TaskConfig, ...]:
+    """Tasks of a suite file: JSON or YAML, a list of task dicts or {"tasks": [...]}; relative roots resolve
+    against the file's folder."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetLayoutError(f"{path}: suite file not found")
+    if path.suffix == ".json":
+        raw = json.loads(path.read_text())
+    else:
+        import yaml
+
+        raw = yaml.safe_load(path.read_text())
+    tasks = raw.get("tasks") if isinstance(raw, dict) else raw
+    if not isinstance(tasks, list) or not tasks:
+        raise DatasetLayoutError(f"{path}: expected a non-empty list of tasks (or {{'tasks': [...]}})")
+    out = []
+    for t in tasks:
+        t = dict(t)
+        for key in ("root", "labels_csv"):
+            if t.get(key) and not Path(t[key]).is_absolute():
+                t[key] = str(path.parent / t[key])
+        out.append(TaskConfig.from_dict(t))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -89,8 +95,11 @@ def _load_task(task: TaskConfig, px: int) -> _TaskData:
         labeled = read_labels_csv(Path(task.root), Path(task.labels_csv), task.classes)
     elif task.dataset in ADAPTERS:
         labeled = ADAPTERS[task.dataset](Path(task.root))
+        if isinstance(labeled, EvaImageSet):
+            return _TaskData(labeled.dataset(px), labeled.label_ids, np.array(labeled.splits), None)
         if not isinstance(labeled, LabeledImages):
-            raise DatasetLayoutError(f"task {task.name}: {task.dataset} is not a linear-probe image set (see abmil/segmentation/hest)")
+            raise DatasetLayoutError(f"task {task.name}: {task.dataset} is not a linear-probe image set; "
+                                     "use protocol abmil / segmentation / hest_ridge")
         if task.classes:
             check_classes(set(labeled.labels), task.classes, f"task {task.name}")
     else:
@@ -105,29 +114,26 @@ def probe_values(x: np.ndarray, data: _TaskData, task: TaskConfig, cfg: EvalConf
     protocol = probe_protocol(cfg)
     if data.splits is None or task.split == "cv":
         return tuple(cross_validated_probe(x, data.y, protocol, s, cfg.n_folds, cfg.device, data.groups) for s in run_seeds(cfg))
-    present = set(data.splits)
-    if task.split not in present or "train" not in present:
-        raise DatasetLayoutError(f"task {task.name}: needs 'train' and {task.split!r} splits, found {sorted(present)}")
-    # eva selects the checkpoint on 'val'; sets with only train/val (BACH, CRC) are scored on val too
-    val_name = "val" if "val" in present else task.split
-    tr, va, te = (data.splits == s for s in ("train", val_name, task.split))
+    tr, va, te = task_runners.split_masks(data.splits, task)
     k = int(data.y.max() + 1)
     return tuple(fit_linear_probe(x[tr], data.y[tr], x[va], data.y[va], x[te], data.y[te], protocol, s, k, cfg.device).test_balanced_accuracy
                  for s in run_seeds(cfg))
 
 
 def _records(task: TaskConfig, values, cfg: EvalConfig, mid: str, ps: int | None, mode: str) -> EvalRecord:
-    return EvalRecord(task.name, task.dataset, task.split, task.metric, values, run_seeds(cfg), cfg.preset, mid, ps, mode)
+    return EvalRecord(task.name, task.dataset, task.split, task.metric, values, run_seeds(cfg), f"linear_probe/{cfg.preset}", mid, ps, mode)
 
 
 def evaluate_task(model: nn.Module, task: TaskConfig, cfg: EvalConfig, baselines: bool = False,
                   on_progress: Callable[[int, int], None] | None = None) -> tuple[list[EvalRecord], dict[str, list[EvalRecord]]]:
-    """Records of `model` for every embedding mode, plus (optionally) the two baselines' records."""
+    """Records of `model` for every embedding mode, plus (optionally, linear-probe tasks) the two baselines' records."""
+    if task.protocol != "linear_probe":
+        records = task_runners.RUNNERS[task.protocol](model, task, cfg, on_progress)
+        log.info("eval %s: %s", task.name, ", ".join(f"{r.embedding_mode} {r.mean:.3f}±{r.std:.3f}" for r in records))
+        return records, {}
     px, ps, mid = input_px(model), patch_size_of(model, None), model_id(model)
     data = _load_task(task, px)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else None
-    emb = lambda m, mode: extract_embeddings(m, data.dataset, mode, cfg.batch_size, cfg.device, cache_dir=cache,  # noqa: E731
-                                             num_workers=cfg.num_workers, on_progress=on_progress)
+    emb = lambda m, mode: task_runners.embed(m, data.dataset, mode, cfg, on_progress)  # noqa: E731
     records = [_records(task, probe_values(emb(model, mode), data, task, cfg), cfg, mid, ps, mode) for mode in cfg.modes]
     base: dict[str, list[EvalRecord]] = {}
     if baselines:

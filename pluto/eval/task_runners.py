@@ -1,0 +1,163 @@
+"""Suite runners for the protocols beyond the linear probe: ABMIL (slide level), segmentation, HEST ridge.
+
+Each runner takes (model, TaskConfig, EvalConfig, on_progress) and returns one `EvalRecord` per
+embedding mode (segmentation: patch tokens only), with values per seed (HEST: per patient fold).
+The preset (`EvalConfig.preset`, "eva" | "quick") picks the protocol constants of each task.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from pluto.eval.abmil import MIL_PRESETS, fit_abmil
+from pluto.eval.benchmarks import ADAPTERS, LabeledSlides, SegmentationSet
+from pluto.eval.embeddings import extract_embeddings, input_px, model_id, normalise, patch_size_of
+from pluto.eval.eval_config import EvalConfig
+from pluto.eval.hest import hest_fold_pearson
+from pluto.eval.images import ArrayImages, SlideTiles, resize_chw
+from pluto.eval.labeled import DatasetLayoutError
+from pluto.eval.linear_probe import pooled_out_of_fold
+from pluto.eval.records import EvalRecord
+from pluto.eval.segmentation import SEG_PRESETS, fit_segmentation
+from pluto.eval.task_config import TaskConfig
+
+Progress = Callable[[int, int], None] | None
+
+
+def embed(model: nn.Module, dataset, mode: str, cfg: EvalConfig, on_progress: Progress = None) -> np.ndarray:
+    """`extract_embeddings` under the suite's settings (batch size, device, cache, workers)."""
+    return extract_embeddings(model, dataset, mode, cfg.batch_size, cfg.device, cache_dir=Path(cfg.cache_dir) if cfg.cache_dir else None,
+                              num_workers=cfg.num_workers, on_progress=on_progress)
+
+
+def preset(presets: dict, cfg: EvalConfig, what: str):
+    if cfg.preset not in presets:
+        raise DatasetLayoutError(f"eval.preset {cfg.preset!r} has no {what} protocol; one of {sorted(presets)}")
+    return presets[cfg.preset]
+
+
+def seeds_for(cfg: EvalConfig, preset_seeds: int) -> tuple[int, ...]:
+    return tuple(range(cfg.seed, cfg.seed + (cfg.n_seeds or preset_seeds)))
+
+
+def split_masks(splits: np.ndarray, task: TaskConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, val, test) masks; eva selects the checkpoint on 'val', and sets with only train + the
+    scored split (BACH, CRC: train/val) select on the scored split too."""
+    present = set(splits.tolist())
+    if task.split not in present or "train" not in present:
+        raise DatasetLayoutError(f"task {task.name}: needs 'train' and {task.split!r} splits, found {sorted(present)}")
+    val_name = "val" if "val" in present else task.split
+    return splits == "train", splits == val_name, splits == task.split
+
+
+def _record(task: TaskConfig, values, seeds, protocol: str, model: nn.Module, mode: str, **extra) -> EvalRecord:
+    return EvalRecord(task.name, task.dataset, task.split, task.metric, tuple(values), tuple(seeds), protocol, model_id(model),
+                      patch_size_of(model, None), mode, extra=extra)
+
+
+def _bag_data(task: TaskConfig, px: int, cfg: EvalConfig):
+    """(tile dataset, item indices per bag, bag labels, splits or None, groups or None, n_classes)."""
+    if task.dataset == "magnification_bags":
+        from pluto.eval.derived import RESOLUTION_MPPS
+        from pluto.eval.slide_bags import magnification_bags
+
+        images, bags, y, groups = magnification_bags(Path(task.root), px)
+        return ArrayImages(images, px), bags, y, None, groups, len(RESOLUTION_MPPS)
+    slides = ADAPTERS[task.dataset](Path(task.root)) if task.dataset in ADAPTERS else None
+    if not isinstance(slides, LabeledSlides):
+        raise DatasetLayoutError(f"task {task.name}: protocol abmil needs a slide-level set (panda, magnification_bags), "
+                                 f"not {task.dataset!r}")
+    import pandas as pd
+
+    from pluto.eval.slide_bags import tissue_grid
+
+    grids = [tissue_grid(p, seed=cfg.seed) for p in slides.paths]
+    starts = np.cumsum([0] + [len(g) for g in grids])
+    bags = [np.arange(starts[i], starts[i + 1]) for i in range(len(grids))]
+    return (SlideTiles(pd.concat(grids, ignore_index=True), px), bags, slides.label_ids, np.array(slides.splits), None,
+            len(slides.classes))
+
+
+def run_abmil(model: nn.Module, task: TaskConfig, cfg: EvalConfig, on_progress: Progress = None) -> list[EvalRecord]:
+    """ABMIL on bags of frozen tile embeddings: best-validation epoch, balanced accuracy per seed (EVA: 20 runs)."""
+    protocol = preset(MIL_PRESETS, cfg, "ABMIL")
+    seeds = seeds_for(cfg, protocol.n_seeds)
+    dataset, bag_items, y, splits, groups, k = _bag_data(task, input_px(model), cfg)
+    records = []
+    for mode in cfg.modes:
+        tiles = embed(model, dataset, mode, cfg, on_progress)
+        bags = [tiles[i] for i in bag_items]
+        pick = lambda mask: [bags[i] for i in np.flatnonzero(mask)]  # noqa: E731
+        if splits is None or task.split == "cv":
+            fit = lambda tr, va, te, s: fit_abmil(pick(tr), y[tr], pick(va), y[va], pick(te), y[te], protocol, s, k).test_pred  # noqa: E731
+            values = [pooled_out_of_fold(fit, y, cfg.n_folds, seed, groups) for seed in seeds]
+        else:
+            tr, va, te = split_masks(splits, task)
+            values = [fit_abmil(pick(tr), y[tr], pick(va), y[va], pick(te), y[te], protocol, seed, k).test_balanced_accuracy
+                      for seed in seeds]
+        records.append(_record(task, values, seeds, f"abmil/{protocol.name}", model, mode, n_bags=len(bags)))
+    return records
+
+
+def _resize_mask(mask: np.ndarray, px: int) -> np.ndarray:
+    m = torch.as_tensor(mask, dtype=torch.float32)[None, None]
+    return nn.functional.interpolate(m, size=(px, px), mode="nearest")[0, 0].long().numpy()
+
+
+def run_segmentation(model: nn.Module, task: TaskConfig, cfg: EvalConfig, on_progress: Progress = None) -> list[EvalRecord]:
+    """eva's ConvDecoderWithImage on frozen patch tokens; images and masks resized to the encoder's input size."""
+    protocol = preset(SEG_PRESETS, cfg, "segmentation")
+    seeds = seeds_for(cfg, protocol.n_seeds)
+    seg = ADAPTERS[task.dataset](Path(task.root)) if task.dataset in ADAPTERS else None
+    if not isinstance(seg, SegmentationSet):
+        raise DatasetLayoutError(f"task {task.name}: protocol segmentation needs consep or monusac, not {task.dataset!r}")
+    px = input_px(model)
+    items = [seg.read(i) for i in range(len(seg.splits))]
+    chw = torch.stack([resize_chw(rgb, px) for rgb, _ in items])
+    masks = np.stack([_resize_mask(m, px) for _, m in items])
+    tokens = embed(model, ArrayImages(chw.permute(0, 2, 3, 1).numpy(), px), "patch_tokens", cfg, on_progress)
+    images = normalise(model, chw).numpy()
+    tr, _, te = split_masks(np.array(seg.splits), task)
+    values = [fit_segmentation(tokens[tr], images[tr], masks[tr], tokens[te], images[te], masks[te], len(seg.classes), protocol, s)
+              for s in seeds]
+    return [_record(task, values, seeds, f"segmentation/{protocol.name}", model, "patch_tokens", n_train=int(tr.sum()),
+                    n_test=int(te.sum()))]
+
+
+def run_hest(model: nn.Module, task: TaskConfig, cfg: EvalConfig, on_progress: Progress = None) -> list[EvalRecord]:
+    """HEST-Benchmark: per patient fold, PCA-256 + ridge on log1p counts of the task's genes; values are folds."""
+    from pluto.eval.hest_data import fold_samples, load_hest_task, read_sample
+
+    hest = load_hest_task(Path(task.root))
+    px = input_px(model)
+    samples: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    features: dict[tuple[str, str, str], np.ndarray] = {}
+
+    def arrays(rows, mode: str) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for _, patches, expr in rows:
+            if (patches, expr) not in samples:
+                samples[(patches, expr)] = read_sample(hest, patches, expr)
+            images, counts = samples[(patches, expr)]
+            if (patches, expr, mode) not in features:
+                features[(patches, expr, mode)] = embed(model, ArrayImages(images, px), mode, cfg, on_progress)
+            xs.append(features[(patches, expr, mode)]), ys.append(counts)
+        return np.concatenate(xs), np.concatenate(ys)
+
+    records = []
+    for mode in cfg.modes:
+        values = []
+        for train_csv, test_csv in hest.folds:
+            (trx, try_), (tex, tey) = arrays(fold_samples(train_csv), mode), arrays(fold_samples(test_csv), mode)
+            values.append(hest_fold_pearson(trx, try_, tex, tey))
+        records.append(_record(task, values, range(len(values)), "hest_ridge", model, mode, values_are="patient folds",
+                               n_genes=len(hest.genes)))
+    return records
+
+
+RUNNERS = {"abmil": run_abmil, "segmentation": run_segmentation, "hest_ridge": run_hest}
