@@ -20,17 +20,18 @@ _MIN_INTENSITY = 1e-6  # keeps log finite for black pixels; scikit-image uses th
 
 
 def hed_perturbation(alpha: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(3,) stain scales and shifts -> (A (3, 3), b (3,)) with OD' = OD @ A + b, in float32."""
-    a = HED_FROM_RGB @ torch.diag(alpha.double()) @ RGB_FROM_HED
-    b = beta.double() @ RGB_FROM_HED
+    """(..., 3) stain scales and shifts -> (A (..., 3, 3), b (..., 3)) with OD' = OD @ A + b, float32 on alpha's device."""
+    m_inv, m = HED_FROM_RGB.to(alpha.device), RGB_FROM_HED.to(alpha.device)
+    a = m_inv @ (alpha.double().unsqueeze(-1) * m)  # inv(M) diag(alpha) M
+    b = beta.double() @ m
     return a.float(), b.float()
 
 
 def hed_jitter(img: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """Float RGB image (3, H, W) in [0, 1] -> stain-perturbed image in [0, 1], same shape."""
+    """Float RGB image (3, H, W), or a batch (N, 3, H, W) with (N, 3) factors, in [0, 1] -> stain-perturbed, same shape."""
     a, b = hed_perturbation(alpha, beta)
     od = -torch.log(img.clamp_min(_MIN_INTENSITY))
-    od = torch.addmm(b.view(3, 1), a.t(), od.reshape(3, -1)).view_as(img)
+    od = (a.transpose(-1, -2) @ od.flatten(-2) + b.unsqueeze(-1)).view_as(img)
     return torch.exp_(od.neg_()).clamp_(0.0, 1.0)
 
 

@@ -20,6 +20,7 @@ from pluto.ssl.config import SSLConfig
 
 PRECISIONS = ("bf16", "fp32")
 DATA_KINDS = ("manifest", "images")
+AUGMENT_ON = ("cpu", "device")
 # DDP bucket sizes (MB of fp32 gradients). PLUTO-4 §3.3 raised bucket_cap_mb from 25 to 360 for
 # ViT-G (4.5 GB of gradients -> ~13 all-reduces per step). PLUTO-4S has ~90 MB of gradients: in
 # one 360 MB bucket the single all-reduce could only start after the whole backward, so it keeps
@@ -81,6 +82,9 @@ class TrainConfig:
     activation_checkpointing: bool = False
     bucket_cap_mb: int | None = None  # None: BUCKET_CAP_MB[arch], else torch's default 25
     num_workers: int = 8
+    # where the multi-crop runs: "cpu" in the DataLoader workers, or "device": workers read tiles and
+    # draw the augmentation plans, the training device renders crops, flips, HED and colour batched
+    augment_on: str = "cpu"
     prefetch_factor: int = 4
     ckpt_every: int = 500
     keep_ckpts: int = 3

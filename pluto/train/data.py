@@ -7,6 +7,11 @@ generator seeded by (seed, k) and every micro-batch's iBOT masks from (seed, fir
 batch after a resume (same world size) is bit-identical to the one an uninterrupted run would
 have seen, independent of worker count or worker RNG. An image folder (files PIL reads, square
 or centre-cropped) can stand in for a manifest in tests and demos.
+
+`augment_on="device"` moves the multi-crop off the CPU: workers only read tiles and draw each
+sample's augmentation plan (same generator, same draws), and ship uint8 tiles plus plans;
+`to_device` renders the micro-batch on the training device with the same `MultiCropAugment`
+code. Either way a sample's crops follow from (seed, k) alone.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pluto.errors import ConfigError
 from pluto.ssl.config import SSLConfig
-from pluto.ssl.multicrop import MultiCropAugment, collate_multicrop
+from pluto.train.config import AUGMENT_ON
+from pluto.ssl.multicrop import MultiCropAugment, collate_multicrop, plan_outputs, tile_tensor
+from pluto.ssl.step_loop import batch_to
 from pluto.tiling.order import GlobalOrder, shard_indices
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -63,14 +70,20 @@ class StreamPosition:
 
 
 class MultiCropStream(IterableDataset):
-    """Yields (multi-crop dict, global sample index k) for one rank, forever, from `start_index`."""
+    """Yields (sample, global sample index k) for one rank, forever, from `start_index`.
 
-    def __init__(self, rows: Any, seed: int, ssl: SSLConfig, pos: StreamPosition) -> None:
-        self.rows, self.seed, self.pos = rows, seed, pos
+    The sample is the multi-crop dict (augment_on="cpu") or {"tile": uint8 (3, H, W), "plan": ...}
+    (augment_on="device"), drawn from the same per-sample generator.
+    """
+
+    def __init__(self, rows: Any, seed: int, ssl: SSLConfig, pos: StreamPosition, augment_on: str = "cpu") -> None:
+        if augment_on not in AUGMENT_ON:
+            raise ConfigError(f"augment_on={augment_on!r}: expected one of {AUGMENT_ON}")
+        self.rows, self.seed, self.pos, self.augment_on = rows, seed, pos, augment_on
         self.order = GlobalOrder(len(rows), seed)
         self.augment = MultiCropAugment(ssl)
 
-    def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], int]]:
+    def __iter__(self) -> Iterator[tuple[dict[str, Any], int]]:
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         p = self.pos
@@ -78,7 +91,12 @@ class MultiCropStream(IterableDataset):
             for k, row in zip(block.tolist(), self.order.rows(block).tolist()):
                 gen = torch.Generator().manual_seed(sample_seed(self.seed, k))
                 mpp = float(self.rows.mpp[row])
-                yield self.augment(self.rows.read(row), mpp=None if np.isnan(mpp) else mpp, generator=gen), k
+                mpp = None if np.isnan(mpp) else mpp
+                if self.augment_on == "cpu":
+                    yield self.augment(self.rows.read(row), mpp=mpp, generator=gen), k
+                else:
+                    tile = tile_tensor(self.rows.read(row))
+                    yield {"tile": tile, "plan": self.augment.plan(tile.shape[-1], mpp, gen)}, k
 
 
 def sample_seed(seed: int, k: int) -> int:
@@ -87,16 +105,38 @@ def sample_seed(seed: int, k: int) -> int:
 
 
 class MultiCropCollate:
-    """collate_multicrop with masks drawn from (seed, first sample index); adds `index` (B,) int64."""
+    """collate_multicrop with masks drawn from (seed, first sample index); adds `index` (B,) int64.
+
+    Device-side augmentation: the crops are left out and `tiles` / `plans` (lists) come instead.
+    """
 
     def __init__(self, ssl: SSLConfig, seed: int) -> None:
         self.ssl, self.seed = ssl, seed
 
-    def __call__(self, samples: list[tuple[dict[str, torch.Tensor], int]]) -> dict[str, torch.Tensor]:
-        crops, ks = zip(*samples)
-        batch = collate_multicrop(list(crops), self.ssl, rng=np.random.default_rng([self.seed, ks[0]]))
+    def __call__(self, samples: list[tuple[dict[str, Any], int]]) -> dict[str, Any]:
+        items, ks = zip(*samples)
+        rng = np.random.default_rng([self.seed, ks[0]])
+        if "plan" in items[0]:
+            batch: dict[str, Any] = collate_multicrop([plan_outputs(s["plan"]) for s in items], self.ssl, rng=rng,
+                                                      n_images=len(items) * self.ssl.n_global_crops)
+            batch["tiles"] = [s["tile"] for s in items]
+            batch["plans"] = [s["plan"] for s in items]
+        else:
+            batch = collate_multicrop(list(items), self.ssl, rng=rng)
         batch["index"] = torch.tensor(ks, dtype=torch.int64)
         return batch
+
+
+def to_device(batch: dict[str, Any], device: torch.device | str, augment: MultiCropAugment | None = None) -> dict[str, torch.Tensor]:
+    """A collated batch on `device`; with `tiles`/`plans` (device-side augmentation) the crops are rendered there."""
+    if "tiles" not in batch:
+        return batch_to(batch, device)
+    if augment is None:
+        raise ConfigError("this batch carries uint8 tiles for device-side augmentation; pass the MultiCropAugment")
+    tiles = [t.to(device, non_blocking=True) for t in batch["tiles"]]
+    crops = augment.render(tiles, batch["plans"])
+    rest = batch_to({k: v for k, v in batch.items() if k not in ("tiles", "plans")}, device)
+    return {**rest, **crops}
 
 
 def open_rows(data: str, data_kind: str, image_mpp: float | None) -> Any:
@@ -109,10 +149,12 @@ def open_rows(data: str, data_kind: str, image_mpp: float | None) -> Any:
     return TileRows(as_manifest(Path(data)))
 
 
-def make_loader(rows: Any, ssl: SSLConfig, seed: int, pos: StreamPosition, *, num_workers: int, prefetch_factor: int, pin_memory: bool) -> DataLoader:
-    """DataLoader doing the multi-crop on CPU workers (pinned memory, prefetch, persistent workers)."""
+def make_loader(rows: Any, ssl: SSLConfig, seed: int, pos: StreamPosition, *, num_workers: int, prefetch_factor: int,
+                pin_memory: bool, augment_on: str = "cpu") -> DataLoader:
+    """DataLoader doing the multi-crop on CPU workers, or only reads + plans with augment_on="device"
+    (pinned memory, prefetch, persistent workers)."""
     return DataLoader(
-        MultiCropStream(rows, seed, ssl, pos),
+        MultiCropStream(rows, seed, ssl, pos, augment_on),
         batch_size=pos.batch_size,
         num_workers=num_workers,
         collate_fn=MultiCropCollate(ssl, seed),

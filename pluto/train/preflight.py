@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 
 from pluto.errors import ConfigError
-from pluto.train.config import DATA_KINDS, PRECISIONS, TrainConfig
+from pluto.train.config import AUGMENT_ON, DATA_KINDS, PRECISIONS, TrainConfig
 from pluto.train.memory import GB, MemoryEstimate, arch_shape, estimate_memory
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ def check_config(cfg: TrainConfig, world_size: int, gpu_memory_bytes: float | No
         problems.append(f"precision={cfg.precision!r} must be one of {PRECISIONS} (fp16 overflows in the heads, PLUTO-4 §3.2)")
     if cfg.data_kind not in DATA_KINDS:
         problems.append(f"data_kind={cfg.data_kind!r} must be one of {DATA_KINDS}")
+    if cfg.augment_on not in AUGMENT_ON:
+        problems.append(f"augment_on={cfg.augment_on!r} must be one of {AUGMENT_ON}")
     for name in ("batch_per_gpu", "global_batch", "steps", "ckpt_every", "keep_ckpts", "max_consecutive_nan", "log_every", "prefetch_factor"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name}={getattr(cfg, name)} must be >= 1")

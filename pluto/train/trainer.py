@@ -41,7 +41,7 @@ from torch import nn
 from pluto.errors import CheckpointError, PlutoError
 from pluto.train.checkpoint import CheckpointMeta, capture_rng, load_latest, restore_rng, save_checkpoint
 from pluto.train.config import TrainConfig
-from pluto.train.data import StreamPosition, make_loader, open_rows
+from pluto.train.data import StreamPosition, make_loader, open_rows, to_device
 from pluto.train.memory import arch_shape
 from pluto.train.preflight import check_config, peak_tflops_for
 from pluto.train.throughput import mfu, train_flops_per_image
@@ -217,7 +217,7 @@ def train(
     `on_step(metrics)` is called on rank 0 after every step (progress bars attach here);
     `before_backward(step, losses)` may alter the loss dict in place (fault injection in tests).
     """
-    from pluto.ssl import apply_schedules, batch_to, build_schedules, cancel_last_layer_grads, param_groups, sample_patch_size
+    from pluto.ssl import MultiCropAugment, apply_schedules, build_schedules, cancel_last_layer_grads, param_groups, sample_patch_size
 
     device = _device(info)
     distributed = info.world_size > 1 or info.torchrun
@@ -264,8 +264,9 @@ def train(
             bucket_cap_mb=cfg.resolved_bucket_cap_mb, gradient_as_bucket_view=True, broadcast_buffers=False,
         )
     pos = StreamPosition(sample_index, info.rank, info.world_size, cfg.batch_per_gpu)
-    loader = make_loader(open_rows(cfg.data, cfg.data_kind, cfg.image_mpp), cfg.ssl, cfg.seed, pos,
-                         num_workers=cfg.num_workers, prefetch_factor=cfg.prefetch_factor, pin_memory=device.type == "cuda")
+    loader = make_loader(open_rows(cfg.data, cfg.data_kind, cfg.image_mpp), cfg.ssl, cfg.seed, pos, num_workers=cfg.num_workers,
+                         prefetch_factor=cfg.prefetch_factor, pin_memory=device.type == "cuda", augment_on=cfg.augment_on)
+    augment = MultiCropAugment(cfg.ssl) if cfg.augment_on == "device" else None
     batches = iter(loader)
     tracker = None
     if is_main:
@@ -308,7 +309,7 @@ def train(
                 wait_s = 0.0
                 for micro in range(accum):
                     t_wait = time.perf_counter()
-                    batch = batch_to(next(batches), device)
+                    batch = to_device(next(batches), device, augment)
                     wait_s += time.perf_counter() - t_wait
                     sync = model.no_sync() if distributed and micro < accum - 1 else nullcontext()
                     with sync:
