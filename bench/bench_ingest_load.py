@@ -102,6 +102,7 @@ class ResourceSampler:
         self._stop.set()
         self._thread.join()
         self._sample()
+        self.end_fds = open_fds()
 
     @property
     def extra_fds(self) -> int:
