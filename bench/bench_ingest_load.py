@@ -17,7 +17,7 @@ Each path runs once on two other slides first (imports, warm caches). Open handl
 thread (the Dask row measures the client process only). Then `run_qc` and `tile_cohort` run on the
 catalog and `cohort_consistency` checks catalog, QC summary and manifest against each other.
 
-    python -m bench.bench_ingest_load             # 1,000 slides, ~5 min on 2 cores
+    python -m bench.bench_ingest_load             # 1,000 slides, ~9 min on 2 busy cores
     python -m bench.bench_ingest_load --n 60 --quick
 """
 
@@ -191,6 +191,7 @@ def run(n: int, workers: int, root: Path) -> dict:
     from pluto.tiling import tile_cohort
 
     src, work = root / "cohort", root / "work"
+    host = machine()
     t0 = time.perf_counter()
     paths = make_cohort(src, n)
     gen_s = time.perf_counter() - t0
@@ -228,7 +229,7 @@ def run(n: int, workers: int, root: Path) -> dict:
         r["slides_per_s"] = n / r["seconds"]
         r["x_baseline"] = rows[0]["seconds"] / r["seconds"]
     return {
-        "machine": machine(), "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": host, "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "n_slides": n, "workers": workers, "slide_px": SIDE_PX, "cohort_bytes": sum(p.stat().st_size for p in paths),
         "generate_s": gen_s, "ingest": rows, "dask_catalog_equals_single_process": bool(same),
         "qc_s": qc_s, "tile_s": tile_s, "tile_specs": TILE_SPECS,
