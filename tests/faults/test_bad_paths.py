@@ -122,3 +122,23 @@ def test_data_checkout_refuses_a_version_that_is_not_a_hash(tmp_path: Path, md5:
     with pytest.raises(PlutoError, match="not a DVC data version"):
         checkout_data(work, md5, "s3://bucket/dvc")
     assert not work.exists()  # refused before anything was written
+
+
+@pytest.mark.slow  # imports kaiko-eva's dataset stack (tens of seconds on a shared core)
+def test_benchmark_annotations_cannot_name_files_outside_the_copy(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from pluto.eval.benchmarks import load_mhist
+
+    root = tmp_path / "mhist"
+    (root / "images").mkdir(parents=True)
+    for name in ("MHIST_a.png", "MHIST_b.png", "../../outside.png"):
+        Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(root / "images" / name)
+    (root / "annotations.csv").write_text(
+        "Image Name,Majority Vote Label,Number of Annotators who Selected SSA (Out of 7),Partition\n"
+        "MHIST_a.png,SSA,6,train\nMHIST_b.png,HP,1,train\n../../outside.png,HP,0,test\n"
+    )
+    assert (tmp_path / "outside.png").is_file()
+    with pytest.raises(DatasetLayoutError, match=r"\.\./\.\./outside\.png: path escapes the images folder"):
+        load_mhist(root)
