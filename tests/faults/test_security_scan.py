@@ -47,11 +47,12 @@ def mlflow_held(story, tmp_path_factory) -> tuple[list[str], Path]:
     for run in client.search_runs(exp_ids, max_results=1000):
         d = run.data
         texts += [run.info.run_name or "", *d.params, *d.params.values(), *d.tags, *d.tags.values(), *d.metrics]
-        client.download_artifacts(run.info.run_id, "", str(dest / "runs" / run.info.run_id))
+        (out := dest / "runs" / run.info.run_id).mkdir(parents=True)
+        client.download_artifacts(run.info.run_id, "", str(out))
     for model in client.search_logged_models(exp_ids):
         texts += [*model.params, *map(str, model.params.values()), *model.tags, *map(str, model.tags.values())]
-        mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location, dst_path=str(dest / "models" / model.model_id),
-                                            tracking_uri=story.mlflow_url)
+        (out := dest / "models" / model.model_id).mkdir(parents=True)
+        mlflow.artifacts.download_artifacts(artifact_uri=model.artifact_location, dst_path=str(out), tracking_uri=story.mlflow_url)
     for mv in client.search_model_versions("name = 'pluto-tiny'"):
         texts += [mv.source or "", mv.description or "", *mv.tags, *mv.tags.values()]
     return texts, dest
