@@ -12,9 +12,17 @@ one H100). images/s counts tiles (one tile = its 2 + n crops). FLOPs per step co
 interleaved blocks; MFU = achieved FLOP/s / peak
 (bf16 dense peak of the detected GPU, or `--peak-tflops`; none on CPU).
 
+Data path (issue 5), same run: with `--slide` (a grid of real tiles read through OpenSlide) or
+`--data` (a tile manifest dir or an image folder) the full step also runs on batches from the
+training DataLoader (`pluto.train.data`, `--workers` processes, multi-crop on the CPU workers or
+`--augment-on device`); "data_full_step" reports its images/s, the ratio to the synthetic-input
+full step and the fraction of wall time spent waiting for the next batch (target >= 0.95x with
+< 5% wait on a GPU).
+
     python -m bench.bench_ssl_step --quick                     # CPU: pluto_tiny, demo crops, batch 4
     python -m bench.bench_ssl_step --model pluto_4s --patch-size 16 --batch 32 --device cuda
     python -m bench.bench_ssl_step --model pluto_4g --batch 32 --device cuda [--grad-ckpt] [--compile]
+    python -m bench.bench_ssl_step --quick --slide ../shared/data/wsi/CMU-1-Small-Region.svs --workers 1
 """
 
 from __future__ import annotations
@@ -22,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import platform
 import subprocess
 from pathlib import Path
@@ -35,7 +42,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch.utils.flop_counter import FlopCounterMode
 
 import pluto.models  # noqa: F401  (registers the PLUTO models with timm)
-from bench.common import seconds_per_call
+from bench.common import machine as machine_state
+from bench.common import publish, seconds_per_call
 from pluto.ssl import DinoV2Objective, SSLConfig, param_groups, sample_masks, ssl_preset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,6 +116,57 @@ def git_sha() -> str:
     return out.stdout.strip() or "unknown"
 
 
+def slide_grid(slide: Path, mpp: float, tile_px: int):
+    """Manifest of every grid tile of `slide` at (mpp, tile_px); no QC filter (a throughput input)."""
+    import pandas as pd
+
+    from pluto.slides import TileSpec, slide_info
+    from pluto.tiling.geometry import grid_origins, plan_spec
+    from pluto.tiling.manifest import MANIFEST_DTYPES
+
+    info = slide_info(str(slide))
+    plan = plan_spec(info, TileSpec(mpp, tile_px))
+    xy = grid_origins(info, plan)
+    n = len(xy)
+    return pd.DataFrame({
+        "slide_id": slide.stem, "path": str(slide), "level": plan.level, "x_l0": xy[:, 0], "y_l0": xy[:, 1], "mpp": mpp,
+        "tile_px": tile_px, "read_px": plan.read_px, "region_id": np.arange(n), "tissue_frac": 1.0, "pen_frac": 0.0,
+        "fold_frac": 0.0, "bubble_frac": 0.0, "mpp_override": np.nan,
+    }).astype(MANIFEST_DTYPES)
+
+
+def data_step_rate(args, cfg: SSLConfig, full_step, device: torch.device) -> dict:
+    """Run `full_step` on DataLoader batches: seconds per step and the share of it spent waiting for data."""
+    import time
+
+    from pluto.ssl import MultiCropAugment
+    from pluto.train.data import StreamPosition, make_loader, open_rows, to_device
+
+    if args.slide:
+        from pluto.tiling.dataset import TileRows
+
+        rows = TileRows(slide_grid(args.slide, args.tile_mpp, args.tile_px))
+    else:
+        rows = open_rows(str(args.data), "images" if Path(args.data).is_dir() and not list(Path(args.data).glob("*.parquet"))
+                         else "manifest", 0.5)
+    loader = make_loader(rows, cfg, 0, StreamPosition(0, 0, 1, args.batch), num_workers=args.workers,
+                         prefetch_factor=4, pin_memory=device.type == "cuda", augment_on=args.augment_on)
+    augment = MultiCropAugment(cfg) if args.augment_on == "device" else None
+    batches = iter(loader)
+    steps = args.warmup + args.iters * args.repeats
+    wait = total = 0.0
+    for i in range(steps):
+        t0 = time.perf_counter()
+        batch = to_device(next(batches), device, augment)
+        t1 = time.perf_counter()
+        full_step(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= args.warmup:
+            wait, total = wait + t1 - t0, total + time.perf_counter() - t0
+    return {"seconds": total / (steps - args.warmup), "data_wait_frac": wait / total, "tiles": len(rows)}
+
+
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -139,9 +198,9 @@ def run(args: argparse.Namespace) -> dict:
         losses["loss"].backward()
         obj.zero_grad(set_to_none=True)
 
-    def ssl_full_step() -> None:
+    def ssl_full_step(inputs: dict[str, torch.Tensor] = batch) -> None:
         with amp:
-            losses = obj(batch, teacher_temp=0.07, patch_size=p)
+            losses = obj(inputs, teacher_temp=0.07, patch_size=p)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(obj.student.parameters(), cfg.clip_grad)
@@ -171,17 +230,31 @@ def run(args: argparse.Namespace) -> dict:
             "gflop_per_image": round(flops[name] / args.batch / 1e9, 2), "tflops": round(achieved, 4),
             "mfu": round(achieved / peak, 4) if peak else None,
         })
+    data = None
+    if args.slide or args.data:
+        data = data_step_rate(args, cfg, ssl_full_step, device)
+        sec = data["seconds"]
+        rows.append({"path": "data_full_step", "images_per_s": round(args.batch / sec, 2), "step_ms": round(sec * 1e3, 2),
+                     "gflop_per_image": rows[-1]["gflop_per_image"], "tflops": round(flops["ssl_full_step"] / sec / 1e12, 4),
+                     "mfu": round(flops["ssl_full_step"] / sec / 1e12 / peak, 4) if peak else None,
+                     "data_wait_frac": round(data["data_wait_frac"], 4),
+                     "x_synthetic": round(seconds["ssl_full_step"] / sec, 3)})
     base_rate = rows[0]["images_per_s"]
     for row in rows:
         row["x_roofline"] = round(row["images_per_s"] / base_rate, 3)
     return {
+        "data_path": None if data is None else {
+            "source": str(args.slide or args.data), "tiles": data["tiles"], "workers": args.workers,
+            "augment_on": args.augment_on, "tile": f"{args.tile_px} px at {args.tile_mpp} um/px" if args.slide else None,
+        },
+
         "bench": "bench_ssl_step", "model": args.model, "patch_size": p, "batch_tiles": args.batch,
         "crops": f"{cfg.n_global_crops}x{cfg.global_crop_px} + {cfg.n_local_crops}x{cfg.local_crop_px}",
         "n_prototypes": cfg.n_prototypes, "masked_images": int(masks.any(dim=1).sum()),
         "device": str(device), "dtype": "bf16 autocast" if device.type == "cuda" else "fp32",
         "compile": args.compile, "grad_ckpt": args.grad_ckpt, "peak_tflops": peak,
         "max_memory_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
-        "machine": machine(device), "git_sha": git_sha(),
+        "machine": {**machine_state(), "device": machine(device)}, "git_sha": git_sha(),
         "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z"), "rows": rows,
     }
 
@@ -189,17 +262,22 @@ def run(args: argparse.Namespace) -> dict:
 def table(result: dict) -> str:
     lines = [
         f"{result['model']} p{result['patch_size']}, {result['batch_tiles']} tiles x ({result['crops']}), "
-        f"{result['n_prototypes']} prototypes, {result['dtype']}, {result['machine']}, git {result['git_sha']}",
+        f"{result['n_prototypes']} prototypes, {result['dtype']}, {result['machine']['device']}, git {result['git_sha']}",
         "",
-        "| path | images/s | x roofline | ms/step | GFLOP/image | TFLOP/s | MFU |",
-        "|---|---|---|---|---|---|---|",
+        "| path | images/s | x roofline | ms/step | GFLOP/image | TFLOP/s | MFU | data wait | x synthetic |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+        wait = f"{100 * r['data_wait_frac']:.1f}%" if "data_wait_frac" in r else ""
         lines.append(
             f"| {r['path']} | {r['images_per_s']:,} | {r['x_roofline']} | {r['step_ms']} | {r['gflop_per_image']} "
-            f"| {r['tflops']} | {mfu} |"
+            f"| {r['tflops']} | {mfu} | {wait} | {r.get('x_synthetic', '')} |"
         )
+    if result.get("data_path"):
+        d, st = result["data_path"], result["machine"]
+        lines += ["", f"data_full_step: {d['tiles']} tiles from {d['source']} ({d['tile'] or 'files'}), {d['workers']} DataLoader "
+                      f"worker(s), multi-crop on {d['augment_on']}; {st['cores']} cores, load {st['load_1min']} (1 min)."]
     return "\n".join(lines)
 
 
@@ -220,16 +298,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--slide", type=Path, default=None, help="data path: grid of real tiles from this slide (OpenSlide)")
+    ap.add_argument("--data", type=Path, default=None, help="data path: a tile manifest dir or an image folder")
+    ap.add_argument("--tile-mpp", type=float, default=0.5)
+    ap.add_argument("--tile-px", type=int, default=275, help="PLUTO-4 tiles: 275 or 550 px (§2.5)")
+    ap.add_argument("--workers", type=int, default=8, help="DataLoader worker processes")
+    ap.add_argument("--augment-on", choices=("cpu", "device"), default="cpu")
+    ap.add_argument("--readme", action="store_true", help="also write the bench/README.md section")
     args = ap.parse_args(argv)
     if args.quick:
         args.model, args.batch, args.warmup, args.iters, args.repeats = "pluto_tiny", 4, 1, 2, 3
     args.preset = args.preset or ("demo" if args.model == "pluto_tiny" else args.model)
     result = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    tag = f"{result['model']}-p{result['patch_size']}-{result['device'].split(':')[0]}-{result['git_sha']}"
-    (args.out / f"bench_ssl_step-{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(table(result))
+    title = "one SSL step vs raw timm, and the real-tile data path"
+    publish("bench_ssl_step", title, result, table(result), quick=args.quick, readme=args.readme)
     return result
 
 
