@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -27,9 +28,10 @@ from pluto.train.trainer import train
 
 
 def _config(run_dir, data, **changes) -> TrainConfig:
-    return TrainConfig(arch="pluto_tiny", ssl=ssl_preset("tiny"), data=str(data / "images"), data_kind="images",
+    base = TrainConfig(arch="pluto_tiny", ssl=ssl_preset("tiny"), data=str(data / "images"), data_kind="images",
                        image_mpp=0.5, run_dir=str(run_dir), batch_per_gpu=2, global_batch=4, precision="fp32",
-                       num_workers=0, cluster=ClusterSpec(job_name="faults", max_restarts=0), **changes)
+                       num_workers=0, cluster=ClusterSpec(job_name="faults", max_restarts=0))
+    return replace(base, **changes)
 
 
 def _steps_logged(run_dir) -> list[int]:
@@ -79,7 +81,7 @@ def test_mlflow_outage_mid_training_loses_no_metric(tmp_path, crc_patches, monke
 
 @pytest.mark.slow  # two torchrun launches of 2 ranks
 def test_whole_job_killed_then_relaunched_resumes_from_the_last_checkpoint(tmp_path, crc_patches):
-    cfg = _config(tmp_path, crc_patches, steps=4, ckpt_every=2, global_batch=4)
+    cfg = _config(tmp_path, crc_patches, steps=4, ckpt_every=2)
     launcher = LocalLauncher(nnodes=1, nproc_per_node=2)
     job = launcher.submit(cfg)
     deadline = time.monotonic() + 600
