@@ -27,10 +27,11 @@ class MilProtocol:
     batch_size: int
     n_seeds: int
     max_instances: int  # tiles sampled per bag per step (all at evaluation)
+    standardise: bool = False  # z-score features with the training tiles' mean/std (quick preset, like the quick probe)
 
 
 EVA_MIL = MilProtocol("eva", epochs=49, lr=1e-3, batch_size=32, n_seeds=20, max_instances=1000)  # eva panda config: 20 runs, 49 epochs
-QUICK_MIL = MilProtocol("quick", epochs=30, lr=1e-3, batch_size=8, n_seeds=3, max_instances=64)
+QUICK_MIL = MilProtocol("quick", epochs=30, lr=1e-3, batch_size=8, n_seeds=3, max_instances=64, standardise=True)
 
 MIL_PRESETS = {p.name: p for p in (EVA_MIL, QUICK_MIL)}
 
@@ -82,6 +83,10 @@ def fit_abmil(train_bags: list[np.ndarray], train_y, val_bags, val_y, test_bags,
 
 
 def _fit_abmil(train_bags, train_y, val_bags, val_y, test_bags, test_y, protocol: MilProtocol, seed: int, n_classes: int) -> MilFit:
+    if protocol.standardise:
+        tiles = np.concatenate(train_bags)
+        mu, sd = tiles.mean(0), np.maximum(tiles.std(0), 1e-6)
+        train_bags, val_bags, test_bags = ([(b - mu) / sd for b in bags] for bags in (train_bags, val_bags, test_bags))
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # layer init draws from the global RNG
     model = build_abmil(train_bags[0].shape[1], n_classes)

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pluto.eval.images import resize_chw
-from pluto.eval.labeled import DatasetLayoutError, LabeledImages, require
+from pluto.eval.labeled import DatasetLayoutError, LabeledImages, inside, require
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _eva_images(name: str, root: Path, cls_name: str, base: Callable[[str | None
         ds = _eva_split(cls_name, root, split, **kwargs)
         classes = tuple(ds.classes)
         for i in range(len(ds)):
-            p = base(split) / ds.filename(i)
+            p = inside(base(split), ds.filename(i))  # an annotation row must not name a file outside the copy
             if not p.is_file():
                 raise DatasetLayoutError(f"{root}: {name} image {p} listed but missing")
             paths.append(p), labels.append(classes[int(ds.load_target(i))]), names.append(split)
@@ -306,6 +306,8 @@ def load_consep(root: Path) -> SegmentationSet:
     require(root, "Train/Images", "Train/Labels", "Test/Images", "Test/Labels")
     for folder in ("Train", "Test"):
         for p in sorted((root / folder / "Images").glob("*.png")):
+            if not p.name.startswith(f"{folder.lower()}_"):  # eva finds a patch's label folder by this prefix
+                raise DatasetLayoutError(f"{p}: CoNSeP image names in {folder}/Images start with '{folder.lower()}_'")
             if not (root / folder / "Labels" / f"{p.stem}.mat").is_file():
                 raise DatasetLayoutError(f"{p}: label file {folder}/Labels/{p.stem}.mat missing")
     return _segmentation("consep", root, "CoNSeP", ("train", "val"))

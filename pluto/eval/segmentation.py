@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pluto.eval.metrics import dice_without_background
+from pluto.eval.threads import SMALL_PROBLEM_NUMEL, cpu_threads
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class SegProtocol:
 
 
 EVA_SEG = SegProtocol("eva", steps=2000, lr=2e-3, batch_size=64, n_seeds=5)
-QUICK_SEG = SegProtocol("quick", steps=60, lr=5e-3, batch_size=8, n_seeds=2)
+QUICK_SEG = SegProtocol("quick", steps=30, lr=5e-3, batch_size=8, n_seeds=2)
 SEG_PRESETS = {p.name: p for p in (EVA_SEG, QUICK_SEG)}
 
 
@@ -50,6 +51,13 @@ def decode(decoder: nn.Module, tokens: torch.Tensor, images: torch.Tensor) -> to
 def fit_segmentation(train_tokens, train_images, train_masks, test_tokens, test_images, test_masks,
                      n_classes: int, protocol: SegProtocol, seed: int) -> float:
     """Train the decoder on frozen tokens (N, D, h, w) + images (N, 3, H, W) -> test dice without background."""
+    small = np.asarray(train_images).size < SMALL_PROBLEM_NUMEL
+    with cpu_threads(1 if small else torch.get_num_threads()):
+        return _fit_segmentation(train_tokens, train_images, train_masks, test_tokens, test_images, test_masks, n_classes, protocol, seed)
+
+
+def _fit_segmentation(train_tokens, train_images, train_masks, test_tokens, test_images, test_masks,
+                      n_classes: int, protocol: SegProtocol, seed: int) -> float:
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # layer init draws from the global RNG
     f = lambda a, dt=torch.float32: torch.as_tensor(np.asarray(a), dtype=dt)  # noqa: E731

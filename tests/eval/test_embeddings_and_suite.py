@@ -102,7 +102,7 @@ def test_run_suite_from_a_checkpoint_dir_and_report(fixed_tiny, tmp_path, make_i
     assert {r.embedding_mode for r in res.records} == {"cls", "cls+mean"}
     cls = next(r for r in res.records if r.embedding_mode == "cls")
     assert res.score == pytest.approx(cls.mean) and cls.model_id == model_id(fixed_tiny) and cls.patch_size == 16
-    assert cls.seeds == (0, 1) and cls.protocol == "quick" and cls.mean > 0.9  # red vs blue is trivial
+    assert cls.seeds == (0, 1) and cls.protocol == "linear_probe/quick" and cls.mean > 0.9  # red vs blue is trivial
     out = evaluate(fixed_tiny, [task], cfg, tmp_path / "out", champion=list(res.records))
     files = {p.name for p in (tmp_path / "out").iterdir()}
     assert files == {"results.csv", "results.html", "results.png", "records.json"}
@@ -116,9 +116,10 @@ def test_run_suite_from_a_checkpoint_dir_and_report(fixed_tiny, tmp_path, make_i
 def test_published_numbers_only_for_matching_protocol():
     from pluto.eval.published import published_for
 
-    assert published_for("bach", "cls", "eva")["PLUTO-4G"] == pytest.approx(0.938)
-    assert published_for("bach", "cls", "quick") == {}
-    assert published_for("crc", "cls+mean", "eva")["Midnight-92k"] == pytest.approx(0.967)
+    assert published_for("bach", "cls", "linear_probe/eva")["PLUTO-4G"] == pytest.approx(0.938)
+    assert published_for("bach", "cls", "linear_probe/quick") == {}
+    assert published_for("crc", "cls+mean", "linear_probe/eva")["Midnight-92k"] == pytest.approx(0.967)
+    assert published_for("panda", "cls", "abmil/eva")["PLUTO-4G"] == pytest.approx(0.668)
 
 
 def test_cli_evaluate_prints_balanced_accuracy(tmp_path, make_images, monkeypatch):
