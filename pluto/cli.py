@@ -163,26 +163,27 @@ def report_cmd(
 def evaluate_cmd(
     ctx: typer.Context,
     model: str = typer.Option(..., "--model", help="Architecture NAME (random init), CHECKPOINT_DIR (save_model) or models:/URI."),
-    images: Path = typer.Option(..., "--images", help="Folder of images."),
-    labels: Path = typer.Option(..., "--labels", help="labels.csv: filename,label[,split]; no split -> stratified folds."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of images (with --labels)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="labels.csv: filename,label[,split]; no split -> stratified folds."),
+    suite: Optional[Path] = typer.Option(None, "--suite", help="Suite file (JSON/YAML list of tasks: dataset, root, split, protocol)."),
     out: Path = typer.Option(..., "--out", help="Output folder: results.html/.png/.csv and records.json."),
     preset: Optional[str] = typer.Option(None, "--preset", help="quick (L-BFGS logistic regression) or eva (AdamW, 12,500 steps)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Number of seeds (default: the preset's)."),
     champion: Optional[Path] = typer.Option(None, "--champion", help="records.json of the current champion, shown beside."),
 ) -> None:
-    """Linear-probe a frozen encoder on a labeled image folder; print balanced accuracy, write the results table."""
+    """Evaluate a frozen encoder on a suite file or one labeled image folder; print the metrics, write the results table."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from pluto.eval.suite import evaluate_folder
+    from pluto.eval.suite import evaluate_inputs
 
     s = settings_from(ctx, eval={k: v for k, v in {"preset": preset, "device": device, "n_seeds": seeds}.items() if v is not None})
     with Progress(TextColumn("embeddings"), BarColumn(), MofNCompleteColumn(), console=console, transient=True) as progress:
         task = progress.add_task("", total=None)
-        result = evaluate_folder(model, images, labels, out, s.eval, champion,
+        result = evaluate_inputs(model, out, s.eval, suite, images, labels, champion,
                                  on_progress=lambda done, total: progress.update(task, completed=done, total=total))
     for r in result.records:
-        typer.echo(f"{r.task} [{r.embedding_mode}] balanced accuracy {r.mean:.3f} ± {r.std:.3f} over {len(r.values)} seeds ({r.protocol})")
+        typer.echo(f"{r.task} [{r.embedding_mode}] {r.metric.replace('_', ' ')} {r.mean:.3f} ± {r.std:.3f} over {len(r.values)} runs ({r.protocol})")
     typer.echo(f"score {result.score:.3f} -> {out / 'results.html'}")
 
 

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 from torch import nn
 
+from pluto.errors import ConfigError
 from pluto.eval.baselines import mean_rgb_features, random_init_twin
 from pluto.eval import task_runners
 from pluto.eval.benchmarks import ADAPTERS, EvaImageSet
@@ -183,3 +184,15 @@ def evaluate_folder(model: nn.Module | str | Path, images_dir: Path, labels_csv:
                       labels_csv=str(labels_csv))
     champion = load_records(champion_records) if champion_records else None
     return evaluate(model, [task], cfg, Path(out_dir), champion, on_progress)
+
+
+def evaluate_inputs(model: nn.Module | str | Path, out_dir: Path, cfg: EvalConfig, suite_file: Path | None = None,
+                    images_dir: Path | None = None, labels_csv: Path | None = None, champion_records: Path | None = None,
+                    on_progress: Callable[[int, int], None] | None = None) -> SuiteResult:
+    """`pluto evaluate`: a suite file (any protocols) or one labeled folder (images + labels.csv), never both."""
+    if (suite_file is None) == (images_dir is None and labels_csv is None) or (images_dir is None) != (labels_csv is None):
+        raise ConfigError("pluto evaluate: give either --suite FILE, or both --images DIR and --labels CSV")
+    if suite_file is None:
+        return evaluate_folder(model, images_dir, labels_csv, out_dir, cfg, champion_records, on_progress)
+    champion = load_records(champion_records) if champion_records else None
+    return evaluate(model, load_suite_tasks(suite_file), cfg, Path(out_dir), champion, on_progress)

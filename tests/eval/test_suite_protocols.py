@@ -139,3 +139,32 @@ def test_tissue_grid_on_the_bundled_slide(cmu_svs):
     assert len(grid) == 12 and np.allclose(grid.x_l0, on_grid, atol=1) and grid.equals(tissue_grid(cmu_svs, 1.0, 64, 12, seed=0))
     tile = SlideTiles(grid, 64)[0].numpy()
     assert tile.std() > 5  # tissue, not blank glass
+
+
+def test_cli_evaluate_with_a_suite_file(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pluto.cli import app
+
+    _write_hest(tmp_path / "IDC", np.random.default_rng(2), n_spots=12)
+    (tmp_path / "suite.yaml").write_text("tasks:\n  - {name: hest_idc, dataset: hest, root: IDC, split: cv, protocol: hest_ridge}\n")
+    monkeypatch.setenv("PLUTO_EVAL__CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PLUTO_EVAL__BASELINES", "false")
+    result = CliRunner().invoke(app, ["evaluate", "--model", "pluto_tiny", "--suite", str(tmp_path / "suite.yaml"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "hest_idc [cls] pearson" in result.output and "over 3 runs (hest_ridge)" in result.output
+    assert (tmp_path / "out" / "results.html").is_file()
+    both = CliRunner().invoke(app, ["evaluate", "--model", "pluto_tiny", "--suite", str(tmp_path / "suite.yaml"),
+                                    "--images", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert both.exit_code != 0 and "either --suite FILE, or both --images DIR and --labels CSV" in str(both.exception or both.output)
+
+
+def test_eval_modules_import_without_eva_or_h5py():
+    """The GPU machine has torch+timm but no kaiko-eva: eva and h5py load only inside the functions that use them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pluto.eval.suite, pluto.eval.task_runners, pluto.eval.benchmarks, pluto.eval.hest_data; "
+            "print(sorted(m for m in ('eva', 'h5py', 'monai') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
