@@ -38,16 +38,19 @@ class SuiteScores:
 
     @classmethod
     def from_suite(cls, result: dict[str, Any]) -> "SuiteScores":
-        """From `pluto.eval` `SuiteResult.to_dict()`: headline-mode records, one per task."""
+        """From `pluto.eval` `SuiteResult.to_dict()`: the headline record of each task, the same ones
+        the suite score averages (segmentation tasks count through their patch-token record)."""
+        from pluto.eval.records import EvalRecord, headline_records
+
         mode = result.get("headline_mode", "cls")
-        records = [r for r in result["records"] if r["embedding_mode"] == mode]
-        versions = {r["suite_version"] for r in records}
+        records = headline_records([EvalRecord.from_dict(r) for r in result["records"]], mode)
+        versions = {r.suite_version for r in records}
         if len(versions) != 1:
             raise ValueError(f"suite result mixes eval-suite versions {sorted(versions)}")
         return cls(
             suite_version=versions.pop(), score=float(result["score"]),
-            task_means={r["task"]: float(r["mean"]) for r in records},
-            task_stds={r["task"]: float(r["std"]) for r in records},
+            task_means={r.task: float(r.mean) for r in records},
+            task_stds={r.task: float(r.std) for r in records},
         )
 
     def to_json(self) -> str:

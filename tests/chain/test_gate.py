@@ -59,6 +59,11 @@ def test_suite_scores_from_eval_suite_result():
                    model_id="m", patch_size=16, embedding_mode=mode)
         for t, v in (("crc", (0.8, 0.9)), ("mag", (0.6, 0.6))) for mode in ("cls", "cls+mean")
     )
+    seg = EvalRecord(task="seg", dataset="consep", split="test", metric="dice", values=(0.5, 0.7), seeds=(0, 1),
+                     protocol="segmentation/quick", model_id="m", patch_size=16, embedding_mode="patch_tokens")
+    s = SuiteScores.from_suite(SuiteResult(recs + (seg,), 0.65).to_dict())
+    # a segmentation task has only a patch-token record: it still gets a mean and a seed-spread margin
+    assert s.task_means["seg"] == pytest.approx(0.6) and s.task_stds["seg"] == pytest.approx(0.1414, abs=1e-4)
     s = SuiteScores.from_suite(SuiteResult(recs, 0.725).to_dict())
     assert s.task_means == pytest.approx({"crc": 0.85, "mag": 0.6})
     assert s.task_stds["crc"] == pytest.approx(0.0707, abs=1e-4) and s.task_stds["mag"] == 0.0
