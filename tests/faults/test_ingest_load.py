@@ -1,7 +1,7 @@
 """Ingest under load (issue 8) and its Dask fan-out (issue 7): generated pyramids of real tissue.
 
 Fast cases use the 60-slide cohort (~45 s with QC and tiling); the 1,000-slide cohort is `slow`
-(183 s on the 2-core VM at load ~6: 1/3 writing the slides, 1/2 QC). Handles are /proc/self/fd entries sampled every 5 ms while ingest runs.
+(183 s on the 2-core VM at load ~6; about a third writing the slides, a third QC). Handles are /proc/self/fd entries sampled every 5 ms while ingest runs.
 """
 
 from __future__ import annotations
