@@ -54,7 +54,7 @@ def s3_client(endpoint_url: str | None, region: str, retries: int) -> Any:
         "s3",
         endpoint_url=endpoint_url,
         region_name=region,
-        config=Config(retries={"max_attempts": retries + 1, "mode": "standard"}),
+        config=Config(retries={"total_max_attempts": retries + 1, "mode": "standard"}),  # attempts include the first try
     )
 
 
