@@ -91,7 +91,7 @@ def dask_runner(s: Settings) -> Any:
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={
             "n_workers": s.chain.dask_workers, "threads_per_worker": 1, "processes": True,
-            "host": "127.0.0.1", "dashboard_address": None,
+            "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",
         },
     )
 

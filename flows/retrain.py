@@ -62,7 +62,7 @@ def retrain(config: dict[str, Any] | None = None, seed: int | None = None, launc
         if not s.chain.dask_address:
             from distributed import LocalCluster
 
-            cluster = LocalCluster(n_workers=s.chain.dask_workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=None)
+            cluster = LocalCluster(n_workers=s.chain.dask_workers, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0")
             config = _with_dask_address(config, cluster.scheduler_address)
         parent = Tracker(
             s.paths.work_dir / "tracking" / "retrain.jsonl", s.mlflow.tracking_uri, s.mlflow.experiment, "retrain",

@@ -37,7 +37,7 @@ def test_dask_fanout_catalog_equals_single_process(generated_cohort, tmp_path):
     src = _cohort_dir(tmp_path / "cohort", generated_cohort[:22], bad=True)
     single = ingest(str(src), tmp_path / "single", workers=2)
     work = tmp_path / "dask"
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None) as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
         fanned = dask_ingest(str(src), work, client, batch_slides=5)
         records = sorted((work / "ingest" / "records").rglob("*.json"))
         stamps = [p.stat().st_mtime_ns for p in records]
