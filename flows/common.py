@@ -81,19 +81,21 @@ def io_retries(task: Task, s: Settings) -> Task:
     return task.with_options(retries=retries, retry_delay_seconds=delays)
 
 
+def local_cluster_kwargs(s: Settings) -> dict[str, Any]:
+    """A Dask LocalCluster on loopback only, dashboard on a free port (None would mean a fixed 8787)."""
+    return {
+        "n_workers": s.chain.dask_workers, "threads_per_worker": 1, "processes": True,
+        "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",
+    }
+
+
 def dask_runner(s: Settings) -> Any:
     """Dask task runner: an existing cluster by address, else a LocalCluster on 127.0.0.1."""
     from prefect_dask import DaskTaskRunner
 
     if s.chain.dask_address:
         return DaskTaskRunner(address=s.chain.dask_address)
-    return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
-        cluster_kwargs={
-            "n_workers": s.chain.dask_workers, "threads_per_worker": 1, "processes": True,
-            "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0",
-        },
-    )
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(s))
 
 
 def stage_run(s: Settings, stage: str, parent_run_id: str | None, data_hash: str = "") -> Tracker:

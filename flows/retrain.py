@@ -18,7 +18,7 @@ from prefect import flow, task
 from prefect.artifacts import create_link_artifact
 from prefect.runtime import flow_run
 
-from flows.common import io_retries, resolve, work_dir_lock
+from flows.common import io_retries, local_cluster_kwargs, resolve, work_dir_lock
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
 from flows.pretrain import pretrain_flow
@@ -62,7 +62,7 @@ def retrain(config: dict[str, Any] | None = None, seed: int | None = None, launc
         if not s.chain.dask_address:
             from distributed import LocalCluster
 
-            cluster = LocalCluster(n_workers=s.chain.dask_workers, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0")
+            cluster = LocalCluster(**local_cluster_kwargs(s))
             config = _with_dask_address(config, cluster.scheduler_address)
         parent = Tracker(
             s.paths.work_dir / "tracking" / "retrain.jsonl", s.mlflow.tracking_uri, s.mlflow.experiment, "retrain",

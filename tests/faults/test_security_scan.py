@@ -187,6 +187,22 @@ def test_servers_started_by_pluto_services_listen_on_loopback_only(story, moto_s
         assert {a.ip for a in listening} == {"127.0.0.1"}, f"{name} listens on {listening}"
 
 
+def test_local_dask_cluster_listens_on_loopback_only():
+    import psutil
+    from distributed import LocalCluster
+
+    from flows.common import local_cluster_kwargs
+    from pluto.config import Settings
+
+    with LocalCluster(**{**local_cluster_kwargs(Settings()), "n_workers": 1}) as cluster:
+        me = psutil.Process()
+        listening = [c.laddr for p in (me, *me.children(recursive=True)) for c in p.net_connections("inet")
+                     if c.status == psutil.CONN_LISTEN]
+        ports = {a.port for a in listening}
+        assert cluster.scheduler.port in ports and int(cluster.dashboard_link.split(":")[2].split("/")[0]) in ports
+        assert {a.ip for a in listening} == {"127.0.0.1"}, listening
+
+
 def test_mlflow_compose_documents_authentication():
     compose = yaml.safe_load((REPO / "mlflow" / "docker-compose.yml").read_text())
     mlflow_svc = compose["services"]["mlflow"]
