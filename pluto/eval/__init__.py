@@ -21,7 +21,8 @@ _EXPORTS = {
     "SegmentationSet": "benchmarks", "tissue_grid": "slide_bags", "magnification_bags": "slide_bags",
     "fit_pca_ridge": "hest", "hest_fold_pearson": "hest", "patient_folds": "hest",
     "LabeledImages": "labeled", "read_labels_csv": "labeled", "DatasetLayoutError": "labeled",
-    "ADAPTERS": "benchmarks", "resolution_set": "derived", "mean_rgb_features": "baselines",
+    "ADAPTERS": "benchmarks", "resolution_set": "derived", "qc_label_set": "derived", "QCLabelSet": "derived",
+    "bundled_qc_label_set": "derived", "mean_rgb_features": "baselines",
     "random_init_twin": "baselines", "write_report": "report", "EvalConfig": "eval_config",
     "TaskConfig": "task_config", "SuiteConfig": "suite", "load_suite_tasks": "suite", "run_suite": "suite", "evaluate": "suite", "load_records": "suite",
 }

@@ -2,7 +2,7 @@
 
 A suite is a list of `TaskConfig`s evaluated under one `EvalConfig`; a task names its dataset,
 scored split, metric and protocol. Protocols: "linear_probe" (labeled image sets: a benchmark
-adapter, the generic folder adapter, or the resolution set derived from a bundled slide), "abmil"
+adapter, the generic folder adapter, or the resolution / QC-label sets derived from a bundled slide), "abmil"
 (slide-level: PANDA bags from a tissue grid, or magnification bags derived from a bundled slide),
 "segmentation" (CoNSeP / MoNuSAC, patch tokens + eva's ConvDecoderWithImage) and "hest_ridge"
 (HEST-Benchmark task folder). Every record carries protocol/preset, eval-suite version, patch
@@ -90,6 +90,13 @@ def _load_task(task: TaskConfig, px: int) -> _TaskData:
 
         images, y, regions = resolution_set(Path(task.root), tile_px=px)
         return _TaskData(ArrayImages(images, px), y, None, regions)
+    if task.dataset == "qc_labels":
+        from pluto.eval.derived import bundled_qc_label_set
+
+        qc_set = bundled_qc_label_set(Path(task.root), Path(task.labels_csv) if task.labels_csv else None, tile_px=px)
+        if task.classes:
+            check_classes(set(qc_set.classes), task.classes, f"task {task.name}")
+        return _TaskData(ArrayImages(qc_set.images, px), qc_set.labels, qc_set.splits, None)
     if task.dataset == "folder":
         if not task.labels_csv:
             raise DatasetLayoutError(f"task {task.name}: the folder adapter needs labels_csv")
@@ -104,7 +111,7 @@ def _load_task(task: TaskConfig, px: int) -> _TaskData:
         if task.classes:
             check_classes(set(labeled.labels), task.classes, f"task {task.name}")
     else:
-        raise DatasetLayoutError(f"task {task.name}: unknown dataset {task.dataset!r}; one of folder, resolution, {sorted(ADAPTERS)}")
+        raise DatasetLayoutError(f"task {task.name}: unknown dataset {task.dataset!r}; one of folder, resolution, qc_labels, {sorted(ADAPTERS)}")
     splits = np.array(labeled.splits) if labeled.splits else None
     groups = np.array(labeled.groups) if labeled.groups else None
     return _TaskData(ImageFiles(labeled.paths, px), labeled.label_ids, splits, groups)

@@ -12,8 +12,8 @@ PROTOCOL_METRICS = {"linear_probe": "balanced_accuracy", "abmil": "balanced_accu
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """One task. `dataset`: an adapter name (benchmarks.ADAPTERS), "folder", "resolution" or "magnification_bags"
-    (derived from the slide at `root`). `split`: the scored split, "cv" for pooled folds when the set has
+    """One task. `dataset`: an adapter name (benchmarks.ADAPTERS), "folder", "resolution", "qc_labels" or
+    "magnification_bags" (derived from the slide at `root`; qc_labels adds the artifact images of `labels_csv`). `split`: the scored split, "cv" for pooled folds when the set has
     none. `metric` defaults to the protocol's headline (balanced accuracy, dice, Pearson)."""
 
     name: str
@@ -21,7 +21,7 @@ class TaskConfig:
     root: str  # dataset root / images folder / slide path (derived sets) / HEST task folder
     split: str = "test"
     metric: str = ""
-    labels_csv: str | None = None  # folder adapter only
+    labels_csv: str | None = None  # folder adapter; qc_labels: the artifacts' labels.csv (optional)
     classes: tuple[str, ...] | None = None  # expected classes; a mismatch is an error
     protocol: str = "linear_probe"  # one of PROTOCOL_METRICS
 
