@@ -233,6 +233,16 @@ def markdown(result: dict) -> str:
             f"| {r['slide']} | {r['mpp']:g} | {r['order']} | {r['method']} | {r['tiles_per_s']:.0f} | "
             f"{r['tiles_per_s_wall']:.0f} | {r['tiles_per_s'] / base['tiles_per_s']:.2f} | {dec} | {r['mae_vs_level0']:.2f} |"
         )
+    big = result["large_pyramid"]["path"].rsplit("/", 1)[-1]
+    pluto = {(r["mpp"], r["order"]): r["tiles_per_s"] for r in rows if r["slide"] == big and r["method"] == "pluto"}
+    verdict = []
+    for mpps, target in (((0.25,), 950), ((1.0, 2.0), 600)):
+        for order in ("random", "grid"):
+            got = [pluto[(m, order)] for m in mpps if (m, order) in pluto]
+            if got:
+                verdict.append(f"{'/'.join(f'{m:g}' for m in mpps)} um/px {order} >= {target}: "
+                               f"{'/'.join(f'{g:.0f}' for g in got)} ({'met' if min(got) >= target else 'NOT met'})")
+    lines += ["", "Issue 3 targets, PLUTO path on the large pyramid, tiles/s per core: " + "; ".join(verdict) + "."]
     lines += ["", "Cores to feed one GPU at 1,000 tiles/s with the PLUTO path (large pyramid): "
               + "; ".join(f"{order}: " + ", ".join(f"{k} um/px: {v}" for k, v in per.items())
                           for order, per in result["cores_for_1000_tiles_per_s"].items())]

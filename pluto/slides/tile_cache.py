@@ -5,7 +5,9 @@ tiles. Reads in grid order (tiling, embedding, export) share tiles with their ne
 right within a row and above and below between rows; keeping the decoded tiles of the last two
 tile rows of a 40k-px-wide slide takes ~60 MiB, hence the default budget. One budget per process,
 not per handle, so a pool of many handles cannot multiply it. Cached arrays are read-only and never
-recycled, so a caller (or another thread) holding one never sees it change.
+recycled, so a caller (or another thread) holding one never sees it change. A training loader that
+reads random tiles across thousands of slides gains nothing from it (measured: ~3.5 decodes per
+native 224-px tile either way) and may set the budget to 0 in each worker (`configure_tile_cache`).
 
 Fork safety: the cache belongs to one process. A forked child (DataLoader worker) sees a new pid and
 starts an empty cache with a fresh lock, never touching a lock a parent thread might have held.
