@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy"
 LAUNCHERS = ("local", "slurm", "kubeflow")
 FINISHED = ("succeeded", "failed")
+# sacct states that end a job for good (anything else unlisted reads "unknown" and `wait` keeps polling)
+SLURM_FAILED = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
 
 
 def write_run_config(cfg: TrainConfig) -> Path:
@@ -55,8 +57,19 @@ def render_sbatch(cfg: TrainConfig, config_path: str, template_dir: Path = DEPLO
 
 
 def render_pytorchjob(cfg: TrainConfig, config_path: str, template_dir: Path = DEPLOY_DIR) -> str:
-    """The Kubeflow PyTorchJob manifest: 1 Master + (nodes - 1) Worker pods, torchrun in each."""
-    return Template((template_dir / "kubeflow" / "pytorchjob.yaml.tmpl").read_text()).substitute(_values(cfg, config_path))
+    """The Kubeflow PyTorchJob manifest: 1 Master + (nodes - 1) Worker pods, torchrun in each.
+
+    A one-node job has no Worker entry at all: the operator's admission webhook rejects a Worker
+    with 0 replicas (training-operator v1.9 pytorchjob_webhook.go).
+    """
+    text = Template((template_dir / "kubeflow" / "pytorchjob.yaml.tmpl").read_text()).substitute(_values(cfg, config_path))
+    if cfg.cluster.nodes > 1:
+        return text
+    import yaml
+
+    doc = yaml.safe_load(text)
+    del doc["spec"]["pytorchReplicaSpecs"]["Worker"]
+    return yaml.safe_dump(doc, sort_keys=False)
 
 
 def _run(cmd: list[str]) -> str:
@@ -205,16 +218,23 @@ class SlurmLauncher(Launcher):
         state = _run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"]).splitlines()
         raw = state[0].split()[0] if state else "UNKNOWN"
         return {"PENDING": "pending", "RUNNING": "running", "REQUEUED": "pending", "COMPLETED": "succeeded"}.get(
-            raw, "failed" if raw in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED") else "unknown")
+            raw, "failed" if raw in SLURM_FAILED else "unknown")
 
     def find(self, cfg: TrainConfig) -> str | None:
-        ids = _run(["squeue", "--name", cfg.cluster.job_name, "--noheader", "--format", "%i"]).split()
+        """Own pending/running job of that name (`--me`: another user's job of the same name is not ours)."""
+        ids = _run(["squeue", "--me", "--name", cfg.cluster.job_name, "--noheader", "--format", "%i"]).split()
         return ids[0] if ids else None
 
 
 @dataclass
 class KubeflowLauncher(Launcher):
-    """kubectl apply the rendered PyTorchJob (saved as `<run_dir>/pytorchjob.yaml`); job id = its name."""
+    """kubectl create the rendered PyTorchJob (saved as `<run_dir>/pytorchjob.yaml`); job id = its name.
+
+    `launch` submits only when `find` saw no live job of that name, so one that exists has finished
+    (a failed attempt of this run). It is deleted first: `apply` onto it would change nothing and
+    report the old end state, so a retry would never train. Its checkpoints live in the run
+    directory on shared storage, so the new job resumes from them.
+    """
 
     namespace: str = "default"
 
@@ -222,8 +242,10 @@ class KubeflowLauncher(Launcher):
         config_path = write_run_config(cfg)
         manifest = Path(cfg.run_dir) / "pytorchjob.yaml"
         manifest.write_text(render_pytorchjob(cfg, str(config_path)))
-        _run(["kubectl", "apply", "-n", self.namespace, "-f", str(manifest)])
-        return cfg.cluster.job_name
+        name = cfg.cluster.job_name
+        _run(["kubectl", "delete", "pytorchjob", name, "-n", self.namespace, "--ignore-not-found", "--wait=true"])
+        _run(["kubectl", "create", "-n", self.namespace, "-f", str(manifest)])
+        return name
 
     def status(self, job_id: str) -> str:
         out = _run(["kubectl", "get", "pytorchjob", job_id, "-n", self.namespace, "-o", "json"])
