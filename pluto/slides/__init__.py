@@ -10,7 +10,7 @@ from pluto.slides.ingest_file import preflight
 from pluto.slides.metadata import SlideInfo, slide_info
 from pluto.slides.pyramid_writer import write_pyramid
 from pluto.slides.reader import read_request, read_thumbnail, read_tile, resize_area
-from pluto.slides.tile_cache import clear_tile_cache, configure_tile_cache, tile_cache
+from pluto.slides.decoded_tiles import clear_tile_cache, configure_tile_cache, tile_cache
 
 __all__ = [
     "CATALOG_COLUMNS",

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pluto.errors import QuarantineReason, SlideError
-from pluto.slides.tile_cache import new_owner, tile_cache
+from pluto.slides.decoded_tiles import new_owner, tile_cache
 
 BACKGROUND = 255  # value of pixels outside the slide (white glass)
 _JPEG = 7  # TIFF Compression: JPEG ("new-style", what SVS and generic pyramids use)

@@ -15,7 +15,7 @@ import pytest
 import tifffile
 
 from pluto.slides import clear_tile_cache, configure_tile_cache, open_slide, read_tile, tile_cache
-from pluto.slides.tile_cache import DEFAULT_MAX_MIB
+from pluto.slides.decoded_tiles import DEFAULT_MAX_MIB
 
 GRID = [(x, y) for y in range(0, 1600, 224) for x in range(0, 1600, 224)]  # row-major, 224-px steps
 
