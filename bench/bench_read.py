@@ -70,7 +70,10 @@ def _area(rgb: np.ndarray) -> np.ndarray:
     return rgb if rgb.shape[0] == TILE_PX else cv2.resize(rgb, (TILE_PX, TILE_PX), interpolation=cv2.INTER_AREA)
 
 
-def methods(path: Path, native_mpp: float) -> tuple[dict[str, Callable[[int, int, float], np.ndarray]], Callable[[int], None]]:
+ReadFn = Callable[[int, int, float], np.ndarray]  # (x_l0, y_l0, mpp) -> 224 x 224 x 3 tile
+
+
+def methods(path: Path, native_mpp: float) -> tuple[dict[str, ReadFn], Callable[[int], None]]:
     """The read methods on one slide, and `reset(cache_bytes)`, which empties every cache they keep and
     gives OpenSlide's tile cache and PLUTO's decoded-tile cache the same byte budget.
     """
@@ -160,7 +163,9 @@ def geometry_error(fn, handle, xy: list[tuple[int, int]], mpp: float) -> float:
     return float(np.mean(errs))
 
 
-def bench_slide(name: str, path: Path, n_tiles: int, n_geometry: int, patterns: tuple[str, ...], cache_bytes: int) -> list[dict]:
+def bench_slide(
+    name: str, path: Path, n_tiles: int, n_geometry: int, patterns: tuple[str, ...], cache_bytes: int
+) -> list[dict]:
     """Every method on the same tiles in the same order (the slow baselines on the first quarter of them).
 
     Before each timed block: page cache warmed, every method's caches emptied, 5 warm-up reads at
@@ -218,7 +223,8 @@ def markdown(result: dict) -> str:
         "decoding, not storage. `random`: uniform random "
         "positions (training), no tile cache for any method (a loader spreads its reads over many slides); `grid`: the "
         "non-overlapping grid, row-major across the full slide width (tiling, embedding, export), PLUTO's decoded-tile "
-        f"cache and OpenSlide's tile cache both {result['cache_mib']} MiB, emptied before each block. Baselines read the same tiles in the same order (naive_l0 and reopen: the first quarter). "
+        f"cache and OpenSlide's tile cache both {result['cache_mib']} MiB, emptied before each block. Baselines read "
+        "the same tiles in the same order (naive_l0 and reopen: the first quarter). "
         "MAE = mean |tile - area-resized level-0 reference| (0-255). decodes/tile = JPEG tiles PLUTO decoded per 224-px "
         "tile read.",
         "",
