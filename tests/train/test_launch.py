@@ -1,10 +1,13 @@
-"""Cluster files rendered from the train settings: parsed and checked for structure and values."""
+"""Cluster files rendered from the train settings (structure and values), and the launchers' decisions
+(re-attach, submit, state) on replayed squeue/sacct/sbatch/kubectl outputs."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,7 +15,7 @@ import yaml
 from pluto.errors import ConfigError
 from pluto.ssl.config import ssl_preset
 from pluto.train.config import ClusterSpec, TrainConfig
-from pluto.train.launch import launch, render_pytorchjob, render_sbatch
+from pluto.train.launch import KubeflowLauncher, SlurmLauncher, launch, render_pytorchjob, render_sbatch
 
 G = TrainConfig(arch="pluto_4g", ssl=ssl_preset("pluto_4g"), batch_per_gpu=32, global_batch=1024,
                 activation_checkpointing=True, run_dir="/shared/runs/g1",
@@ -51,6 +54,10 @@ def test_sbatch_runs_one_torchrun_agent_per_node_with_c10d(tmp_path):
     assert directives["cpus-per-task"] == "96" and directives["job-name"] == "pluto-4g-run1"
     assert directives["signal"] == "TERM@120" and "requeue" in directives
     assert directives["output"] == "/shared/runs/g1/slurm-%j.out"
+    assert (directives["partition"], directives["time"]) == (G.cluster.partition, G.cluster.time_limit) == ("gpu", "72:00:00")
+    lines = text.splitlines()
+    first_command = next(i for i, ln in enumerate(lines[1:], 1) if ln.strip() and not ln.startswith("#"))
+    assert max(i for i, ln in enumerate(lines) if ln.startswith("#SBATCH")) < first_command  # sbatch stops reading there
     assert 'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in text
     assert '--rdzv-endpoint="${head_node}:29500"' in text and "--max-restarts=3" in text
     assert "srun --kill-on-bad-exit=1 torchrun" in text and text.rstrip().endswith("-m pluto.train /shared/runs/g1/train_config.json")
@@ -64,3 +71,78 @@ def test_cluster_launch_runs_the_preflight_before_submitting(tmp_path):
     with pytest.raises(ConfigError, match="enable activation_checkpointing"):
         launch(no_ckpt, "slurm", wait=False)
     assert not (tmp_path / "pretrain.sbatch").exists()
+
+
+CLI_DATA = Path(__file__).parent / "data" / "cluster_cli"
+
+
+@pytest.fixture
+def cluster_cli(tmp_path, monkeypatch):
+    """Stand-in squeue/sacct/sbatch/kubectl on PATH that print the replayed outputs in data/cluster_cli
+    (see its README) and log their argv; `set(name, text)` chooses what a command prints."""
+    bin_dir, out_dir = tmp_path / "bin", tmp_path / "cli-out"
+    bin_dir.mkdir()
+    out_dir.mkdir()
+    log = tmp_path / "cli.log"
+    for tool in ("squeue", "sacct", "sbatch"):
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\ncat {out_dir}/{tool}\n')
+    (bin_dir / "kubectl").write_text(
+        f'#!/bin/sh\necho "kubectl $*" >> {log}\ncase "$*" in\n'
+        f'  *"-o name"*) cat {out_dir}/kubectl-name ;;\n  *"-o json"*) cat {out_dir}/kubectl-json ;;\nesac\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    for name in ("squeue", "sacct", "sbatch", "kubectl-name", "kubectl-json"):
+        (out_dir / name).write_text("")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+    class CLI:
+        def set(self, name: str, text: str) -> None:
+            (out_dir / name).write_text(text)
+
+        def calls(self) -> list[str]:
+            return log.read_text().splitlines() if log.exists() else []
+
+    return CLI()
+
+
+def test_slurm_launch_reattaches_to_our_running_job_instead_of_submitting(cluster_cli, tmp_path):
+    cluster_cli.set("squeue", (CLI_DATA / "squeue_running.txt").read_text())
+    cluster_cli.set("sacct", "RUNNING\n")
+    assert launch(replace(G, run_dir=str(tmp_path)), "slurm", wait=False) == ("4242", "running")
+    calls = cluster_cli.calls()
+    assert calls[0] == "squeue --me --name pluto-4g-run1 --noheader --format %i"
+    assert not any(c.startswith("sbatch") for c in calls) and not (tmp_path / "pretrain.sbatch").exists()
+
+
+def test_slurm_launch_submits_when_no_job_of_that_name_is_queued(cluster_cli, tmp_path):
+    cluster_cli.set("sbatch", (CLI_DATA / "sbatch_parsable.txt").read_text())
+    cluster_cli.set("sacct", "PENDING\n")
+    assert launch(replace(G, run_dir=str(tmp_path)), "slurm", wait=False) == ("4343", "pending")
+    assert f"sbatch --parsable {tmp_path / 'pretrain.sbatch'}" in cluster_cli.calls()
+    assert "#SBATCH --job-name=pluto-4g-run1" in (tmp_path / "pretrain.sbatch").read_text()
+
+
+@pytest.mark.parametrize("sacct, state", [("COMPLETED", "succeeded"), ("CANCELLED by 1000", "failed"), ("BOOT_FAIL", "failed"),
+                                          ("DEADLINE", "failed"), ("REQUEUED", "pending"), ("", "unknown")])
+def test_slurm_status_reads_sacct_states(cluster_cli, sacct, state):
+    cluster_cli.set("sacct", sacct + "\n")
+    assert SlurmLauncher().status("4242") == state
+
+
+def test_kubeflow_launch_reattaches_to_a_running_pytorchjob(cluster_cli, tmp_path):
+    cluster_cli.set("kubectl-name", "pytorchjob.kubeflow.org/pluto-4g-run1\n")
+    cluster_cli.set("kubectl-json", (CLI_DATA / "pytorchjob_running.json").read_text())
+    assert launch(replace(G, run_dir=str(tmp_path)), "kubeflow", wait=False) == ("pluto-4g-run1", "running")
+    assert not any(" create " in c or " delete " in c for c in cluster_cli.calls())
+
+
+def test_kubeflow_launch_replaces_a_failed_pytorchjob_of_the_same_name(cluster_cli, tmp_path):
+    cluster_cli.set("kubectl-name", "pytorchjob.kubeflow.org/pluto-4g-run1\n")
+    cluster_cli.set("kubectl-json", (CLI_DATA / "pytorchjob_failed.json").read_text())
+    assert KubeflowLauncher().status("pluto-4g-run1") == "failed"
+    job_id, _ = launch(replace(G, run_dir=str(tmp_path)), "kubeflow", wait=False)
+    writes = [c for c in cluster_cli.calls() if " get " not in c]
+    assert job_id == "pluto-4g-run1" and writes == [
+        "kubectl delete pytorchjob pluto-4g-run1 -n default --ignore-not-found --wait=true",
+        f"kubectl create -n default -f {tmp_path / 'pytorchjob.yaml'}",
+    ]
