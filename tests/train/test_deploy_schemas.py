@@ -151,9 +151,10 @@ def _render_work_pool(job_variables: dict[str, Any]) -> dict[str, Any]:
     here) then turns the `env` mapping into a container env list and splits the `args` string.
     """
     from prefect.workers.base import BaseJobConfiguration
+    from pydantic import ConfigDict
 
     class KubernetesJobConfiguration(BaseJobConfiguration):  # the fields of prefect-kubernetes' configuration
-        model_config = {"extra": "forbid"}
+        model_config = ConfigDict(extra="forbid")
         namespace: str
         job_manifest: dict[str, Any]
         cluster_config: Any = None
@@ -228,14 +229,14 @@ def test_dockerfile_agrees_with_prefect_yaml_the_templates_and_the_lock():
     assert "constraints.txt" in sources and "pyproject.toml" in sources
     # the CUDA base matches the CUDA of the locked torch wheels; the interpreter matches the lock's
     lock = (REPO / "constraints.txt").read_text()
-    cuda_major = re.search(r"^nvidia-cuda-runtime==(\d+)\.", lock, flags=re.M).group(1)
-    base = [a for i, a in steps if i == "ARG" and a.startswith("CUDA_IMAGE=")][0]
+    cuda_major = re.search(r"^nvidia-cuda-runtime==(\d+)\.", lock, flags=re.MULTILINE).group(1)
+    base = next(a for i, a in steps if i == "ARG" and a.startswith("CUDA_IMAGE="))
     assert re.fullmatch(rf"CUDA_IMAGE=nvidia/cuda:{cuda_major}\.\d+\.\d+-base-ubuntu\d+\.\d+", base)
     assert "Python 3.11" in lock.splitlines()[0] and "python3.11 -m venv" in runs
     # runs unprivileged, with no secret baked into the image
     users = [a for i, a in steps if i == "USER"]
     assert users == ["pluto"] and [i for i, _ in steps].index("USER") > max(n for n, (i, _) in enumerate(steps) if i == "RUN")
-    assert not [a for i, a in steps if i in ("ENV", "ARG") and re.search(r"KEY|SECRET|PASSWORD|TOKEN", a, flags=re.I)]
+    assert not [a for i, a in steps if i in ("ENV", "ARG") and re.search(r"KEY|SECRET|PASSWORD|TOKEN", a, flags=re.IGNORECASE)]
 
 
 def test_dockerignore_keeps_work_outputs_envs_caches_and_secrets_out_of_the_context():
