@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator
 
 from prefect import Task
 from prefect.context import TaskRunContext
@@ -24,7 +25,9 @@ from prefect.tasks import exponential_backoff
 from pluto.config import Settings, load_settings
 from pluto.errors import PlutoError
 from pluto.registry.provenance import git_sha
-from pluto.tracking import Tracker
+from pluto.tracking import Tracker, server_reachable, terminate_stale_run
+
+log = logging.getLogger(__name__)
 
 
 def resolve(config: dict[str, Any] | None = None) -> Settings:
@@ -32,13 +35,31 @@ def resolve(config: dict[str, Any] | None = None) -> Settings:
     return load_settings(**(config or {}))
 
 
+class HeldLock:
+    """The held work-dir lock: `previous` is what a holder that died without releasing it recorded
+    ({} when the last holder exited cleanly); `record` adds ids (flow run, MLflow run) to ours."""
+
+    def __init__(self, path: Path, fh: IO[str], previous: dict[str, Any], record: dict[str, Any]) -> None:
+        self.path, self.previous = path, previous
+        self._fh, self._record = fh, record
+
+    def record(self, **fields: Any) -> None:
+        self._record.update(fields)
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(json.dumps(self._record))
+        self._fh.flush()
+
+
 @contextmanager
-def work_dir_lock(work_dir: Path, holder: str) -> Iterator[Path]:
+def work_dir_lock(work_dir: Path, holder: str, **ids: str) -> Iterator[HeldLock]:
     """One writer per work dir: a second retrain on the same dir fails at once, naming the holder.
 
     flock(2) on `<work_dir>/.retrain.lock`: the kernel drops it when the holder dies (kill -9
     included), so a crashed run never leaves a stale lock and its rerun gets in. The file's text
-    (pid, host, `holder`, start time) only feeds the error message.
+    (pid, host, `holder`, start time, `ids` and what `HeldLock.record` adds) feeds the error
+    message, and is emptied on a clean exit: text found on acquisition is a dead holder's record
+    (`HeldLock.previous`, see `end_dead_holder_runs`).
     """
     path = Path(work_dir) / ".retrain.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -54,15 +75,63 @@ def work_dir_lock(work_dir: Path, holder: str) -> Iterator[Path]:
         ) from None
     try:
         fh.seek(0)
-        fh.truncate()
+        previous = _lock_record(fh.read(), path)
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "holder": holder, "since": started}))
-        fh.flush()
-        yield path
+        lock = HeldLock(path, fh, previous, {"pid": os.getpid(), "host": socket.gethostname(), "holder": holder, "since": started})
+        lock.record(**ids)
+        yield lock
     finally:
         fh.truncate(0)
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
+
+
+def _lock_record(text: str, path: Path) -> dict[str, Any]:
+    if not text.strip():
+        return {}
+    try:
+        found = json.loads(text)
+    except ValueError:
+        log.warning("%s: unreadable record of a previous holder, ignored: %r", path, text[:200])
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def end_dead_holder_runs(previous: dict[str, Any], tracking_uri: str, successor: str) -> None:
+    """Best effort: mark a dead lock holder's MLflow run (and its RUNNING stage runs) KILLED and its
+    Prefect flow run Crashed, naming `successor`. Unreachable servers are logged, never raised."""
+    if not previous:
+        return
+    note = f"{previous.get('holder', 'holder')} died without releasing the work dir (found by {successor})"
+    run_id = previous.get("mlflow_run_id")
+    if run_id and tracking_uri:
+        try:
+            if not server_reachable(tracking_uri):
+                raise ConnectionError(f"{tracking_uri}/health does not answer")
+            log.warning("%s: MLflow runs %s set KILLED", note, terminate_stale_run(tracking_uri, run_id, note) or "none left RUNNING")
+        except Exception as exc:  # noqa: BLE001 - any server error: the new run must go on
+            log.warning("%s: could not mark MLflow run %s KILLED: %s", note, run_id, str(exc)[:200])
+    flow_run_id = previous.get("flow_run_id")
+    if flow_run_id:
+        try:
+            crashed = crash_flow_run(flow_run_id, note)
+            log.warning("%s: Prefect flow run %s %s", note, flow_run_id, "set Crashed" if crashed else "was no longer Running")
+        except Exception as exc:  # noqa: BLE001 - as above
+            log.warning("%s: could not mark Prefect flow run %s Crashed: %s", note, flow_run_id, str(exc)[:200])
+
+
+def crash_flow_run(flow_run_id: str, message: str) -> bool:
+    """Set a still-Running Prefect flow run Crashed (forced: its process is gone); False if it was not Running."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        if run.state is None or run.state.type != StateType.RUNNING:
+            return False
+        client.set_flow_run_state(flow_run_id, Crashed(message=message), force=True)
+    return True
 
 
 def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:

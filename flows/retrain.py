@@ -5,6 +5,11 @@ data version. The data plane shares one Dask cluster (an existing one from `chai
 else a LocalCluster on 127.0.0.1 started here). Unchanged stages come from the Prefect cache.
 With `chain.warm_start == "champion"` pretraining starts from the registered champion's weights
 (downloaded into WORK/champion/v<N>); the first run, with no champion yet, trains from scratch.
+
+The work-dir lock records this flow run and its MLflow run; a run that finds such a record left by
+a killed predecessor marks that one's runs KILLED / Crashed. At the end (success or not) every
+Tracker JSONL under the work dir is replayed into MLflow (`pluto.tracking.sync_runs`), so metrics
+queued during an outage or by a killed run arrive on the next run.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from prefect import flow, task
 from prefect.artifacts import create_link_artifact
 from prefect.runtime import flow_run
 
-from flows.common import io_retries, local_cluster_kwargs, resolve, work_dir_lock
+from flows.common import end_dead_holder_runs, io_retries, local_cluster_kwargs, resolve, work_dir_lock
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
 from flows.pretrain import pretrain_flow
@@ -27,7 +32,7 @@ from flows.register import register_flow
 from flows.tile import tile_flow
 from pluto.registry.provenance import git_sha
 from pluto.registry.register import model_name
-from pluto.tracking import Tracker
+from pluto.tracking import Tracker, sync_runs, tracking_files
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +52,18 @@ def commit_data_version(work_dir: str, remote: str, endpoint_url: str | None) ->
     return commit_data(work_dir, remote, endpoint_url).to_dict()
 
 
+def replay_tracking(work_dir: Path, tracking_uri: str) -> None:
+    """Best effort: send MLflow what the work dir's Tracker JSONL files hold and it lacks; logged, never raised."""
+    if not tracking_uri:
+        return
+    try:
+        report = sync_runs(tracking_files(work_dir), tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - a replay failure must not fail the run; the next run retries
+        log.warning("tracking replay into %s skipped: %s", tracking_uri, str(exc)[:300])
+        return
+    log.info("tracking replay: %s", report.to_dict())
+
+
 def _with_dask_address(config: dict[str, Any], address: str) -> dict[str, Any]:
     return {**config, "chain": {**config.get("chain", {}), "dask_address": address}}
 
@@ -57,7 +74,8 @@ def retrain(config: dict[str, Any] | None = None, seed: int | None = None, launc
     config = dict(config or {})
     s = resolve(config)
     seed = secrets.randbelow(2**31) if seed is None else seed
-    with work_dir_lock(s.paths.work_dir, f"flow run {flow_run.id or 'local'}"):
+    me = f"flow run {flow_run.id or 'local'}"
+    with work_dir_lock(s.paths.work_dir, me, flow_run_id=str(flow_run.id or "")) as lock:
         cluster = None
         if not s.chain.dask_address:
             from distributed import LocalCluster
@@ -68,6 +86,8 @@ def retrain(config: dict[str, Any] | None = None, seed: int | None = None, launc
             s.paths.work_dir / "tracking" / "retrain.jsonl", s.mlflow.tracking_uri, s.mlflow.experiment, "retrain",
             tags={"pluto.git_sha": git_sha(), "pluto.flow": "retrain"}, connect_now=True, system_metrics=True,
         )
+        lock.record(mlflow_run_id=parent.run_id or "")
+        end_dead_holder_runs(lock.previous, s.mlflow.tracking_uri, f"{me}, MLflow run {parent.run_id}")
         if parent.url:
             create_link_artifact(key="mlflow-retrain-run", link=parent.url, link_text="MLflow retrain run")
         status = "FAILED"
@@ -98,4 +118,5 @@ def retrain(config: dict[str, Any] | None = None, seed: int | None = None, launc
             parent.close(status)
             if cluster is not None:
                 cluster.close()
+            replay_tracking(s.paths.work_dir, s.mlflow.tracking_uri)
         return {"seed": seed, "data": data, "mlflow_run": parent.url, "stages": stages}

@@ -325,6 +325,25 @@ def services_up_cmd(ctx: typer.Context) -> None:
             svc.stop()
 
 
+tracking_app = typer.Typer(help="Experiment tracking (MLflow + the local JSONL record).", no_args_is_help=True)
+app.add_typer(tracking_app, name="tracking")
+
+
+@tracking_app.command("sync")
+def tracking_sync_cmd(
+    ctx: typer.Context,
+    files: Optional[list[Path]] = typer.Argument(None, help="Tracker JSONL files; default: every one under the work dir."),
+    work: Optional[Path] = typer.Option(None, "--work", help="Work dir to search for Tracker JSONL files."),
+) -> None:
+    """Replay into MLflow the metrics, params and tags the JSONL records hold and the server lacks (idempotent)."""
+    from pluto.tracking import sync_runs, tracking_files
+
+    s = settings_from(ctx, paths={"work_dir": work} if work else None)
+    report = sync_runs(files or tracking_files(s.paths.work_dir), s.mlflow.tracking_uri)
+    typer.echo(f"{report.runs} runs checked ({report.runs_created} created): sent {report.metrics} metric points, "
+               f"{report.params} params, {report.tags} tags; {report.terminated} runs ended")
+
+
 def main() -> None:
     try:
         app()

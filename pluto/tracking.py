@@ -10,6 +10,14 @@ server `timeout_s` to take the rest, cutting a pending backoff short when the se
 back, and does not wait on a dead one. A request the server refuses (4xx, e.g. a param changed on resume) is
 dropped with a warning: retrying cannot help, and the JSONL record keeps it.
 
+The JSONL file is a sequence of sessions (one per Tracker): a header record (`session`, experiment,
+run name, `run_id_path`), then params/tags/metric/artifact records, a `{"session", "run_id"}` record
+once the MLflow run is known, and an `{"session", "end", "unsent"}` record from `close`. Several
+sessions may share a file (stage runs of successive retrains, a resumed training run). `sync_runs`
+replays into MLflow what a session's run lacks (metrics matched on key, step and original
+timestamp; params and tags by key), so what was queued when a run ended during an outage, or when
+its process was killed, arrives later, exactly once.
+
 A run nests under `parent_run_id` (tag `mlflow.parentRunId`). With `run_id_path` the MLflow run id
 is kept in that file, so a restarted or resumed training run logs into the same MLflow run.
 `connect_now=True` creates the run in the caller's thread, so `run_id` is known on return when the
@@ -25,9 +33,11 @@ import logging
 import threading
 import time
 import urllib.error
+import uuid
 import urllib.request
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -37,6 +47,7 @@ log = logging.getLogger(__name__)
 PARENT_TAG = "mlflow.parentRunId"
 MAX_BATCH = 1000  # MLflow's log-batch limit on metrics per request
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+MAX_BATCH_KV = 100  # MLflow's log-batch limit on params and on tags per request
 
 
 def server_reachable(tracking_uri: str, timeout_s: float = 2.0) -> bool:
@@ -74,6 +85,7 @@ class Tracker:
     ) -> None:
         self.jsonl_path = Path(jsonl_path)
         self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+        wants_mlflow = bool(tracking_uri)
         if tracking_uri and importlib.util.find_spec("mlflow") is None:
             log.warning("mlflow is not installed: tracking to %s only", self.jsonl_path)
             tracking_uri = ""
@@ -97,6 +109,11 @@ class Tracker:
         self.sent = 0
         self.down = False  # the last attempt to reach the server failed
         self._thread: threading.Thread | None = None
+        self._file_lock = threading.Lock()
+        self.session = uuid.uuid4().hex
+        known = self.run_id_path.read_text().strip() if self.run_id_path and self.run_id_path.is_file() else None
+        self._append({"session": self.session, "experiment": experiment, "run_name": self.run_name, "mlflow": wants_mlflow,
+                      "run_id_path": str(self.run_id_path) if self.run_id_path else None, "run_id": known, "t_ms": _now_ms()})
         all_tags = {**(tags or {}), **({PARENT_TAG: parent_run_id} if parent_run_id else {})}
         if all_tags:
             self.set_tags(all_tags)
@@ -135,7 +152,7 @@ class Tracker:
         self._record({"tags": flat}, self._tags, flat)
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        now_ms = int(time.time() * 1000)
+        now_ms = _now_ms()
         clean = {k: float(v) for k, v in metrics.items()}
         self._append({"step": step, "t_ms": now_ms, **clean})
         if self.tracking_uri:
@@ -159,8 +176,8 @@ class Tracker:
             self._wake.set()
 
     def _append(self, record: dict[str, Any]) -> None:
-        with open(self.jsonl_path, "a") as fh:
-            fh.write(json.dumps(record, default=str) + "\n")
+        with self._file_lock:
+            _append_jsonl(self.jsonl_path, record)
 
     def close(self, status: str = "FINISHED", timeout_s: float = 30.0) -> None:
         """Give a reachable server up to `timeout_s` to take the queue (none when it is down, so the
@@ -169,6 +186,7 @@ class Tracker:
         if status not in RUN_STATUSES:
             raise ValueError(f"run status {status!r}: expected one of {RUN_STATUSES}")
         if self._thread is None:
+            self._append({"session": self.session, "end": status, "unsent": self.pending, "t_ms": _now_ms()})
             return
         deadline = time.monotonic() + timeout_s
         while self.pending and time.monotonic() < deadline and self._thread.is_alive():
@@ -185,10 +203,14 @@ class Tracker:
         self._thread = None
         if self._monitor is not None:
             self._monitor.finish()
+        end_ms = _now_ms()
         if self.pending:
-            log.warning("MLflow at %s unreachable: %d items not sent (kept in %s)", self.tracking_uri, self.pending, self.jsonl_path)
-        elif self._client is not None:
-            self._attempt(lambda: self._client.set_terminated(self.run_id, status))
+            log.warning("MLflow at %s unreachable: %d items not sent (kept in %s; `pluto tracking sync` replays them)",
+                        self.tracking_uri, self.pending, self.jsonl_path)
+        elif self._client is not None and not self._attempt(lambda: self._client.set_terminated(self.run_id, status, end_ms)):
+            self._append({"session": self.session, "end": status, "unsent": 1, "t_ms": end_ms})  # the status itself
+            return
+        self._append({"session": self.session, "end": status, "unsent": self.pending, "t_ms": end_ms})
 
     def _connect(self) -> None:
         """Re-attach to the run saved in `run_id_path`, or create one (and save its id there)."""
@@ -205,6 +227,7 @@ class Tracker:
             if self.run_id_path is not None:
                 self.run_id_path.write_text(run.info.run_id)
         self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
+        self._append({"session": self.session, "run_id": self.run_id})
         if self.system_metrics:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
@@ -290,3 +313,200 @@ class Tracker:
                 delay = min(self.retry_max_s, delay * 2)
                 self._retry.wait(timeout=delay)
                 self._retry.clear()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record, default=str) + "\n")
+
+
+@dataclass
+class _Session:
+    """What one Tracker session wrote to one JSONL file."""
+
+    session: str
+    path: Path
+    experiment: str
+    run_name: str
+    run_id_path: str | None
+    started_ms: int
+    run_id: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    points: list[tuple[str, float, int, int]] = field(default_factory=list)  # (key, value, t_ms, step), as mlflow's Metric
+    end: str | None = None
+    end_ms: int | None = None
+    unsent: int | None = None
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What `sync_runs` sent: counts over all files (0 everywhere on a second sync)."""
+
+    files: int
+    runs: int  # runs checked against the server
+    runs_created: int  # sessions that never reached MLflow, now with a run
+    metrics: int
+    params: int
+    tags: int
+    terminated: int  # runs set to the status their session ended with
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, int]) -> SyncReport:
+        return cls(**d)
+
+
+def read_sessions(path: Path) -> list[_Session]:
+    """The MLflow-bound sessions of one Tracker JSONL file, in file order (records before any header are skipped)."""
+    sessions: dict[str, _Session] = {}
+    current: _Session | None = None
+    for line in Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        if "step" in rec and "t_ms" in rec:
+            if current is not None:
+                step, t_ms = rec.pop("step"), rec.pop("t_ms")
+                current.points.extend((k, float(v), t_ms, step) for k, v in rec.items())
+        elif "experiment" in rec and "session" in rec:
+            current = None
+            if rec["mlflow"]:
+                current = _Session(rec["session"], Path(path), rec["experiment"], rec["run_name"], rec["run_id_path"], rec["t_ms"],
+                                   rec["run_id"])
+            sessions[rec["session"]] = current
+        elif "session" in rec:
+            found = sessions.get(rec["session"])
+            if found is not None and "run_id" in rec:
+                found.run_id = rec["run_id"]
+            elif found is not None and "end" in rec:
+                found.end, found.end_ms, found.unsent = rec["end"], rec["t_ms"], rec["unsent"]
+        elif current is not None and "params" in rec:
+            for k, v in rec["params"].items():
+                current.params.setdefault(k, v)  # MLflow keeps a run's first value of a param
+        elif current is not None and "tags" in rec:
+            current.tags.update(rec["tags"])
+    return [s for s in sessions.values() if s is not None]
+
+
+def tracking_files(root: Path) -> list[Path]:
+    """Tracker JSONL files under `root` (a work dir): `*.jsonl` whose first record is a session header."""
+    found = []
+    for path in sorted(Path(root).rglob("*.jsonl")):
+        with open(path) as fh:
+            first = fh.readline()
+        try:
+            head = json.loads(first)
+        except ValueError:
+            continue
+        if isinstance(head, dict) and "session" in head and "experiment" in head:
+            found.append(path)
+    return found
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _run_of(client: Any, s: _Session) -> tuple[str, bool]:
+    """The MLflow run of session `s`: its recorded id, its run-id file's, or a new run (recorded in the JSONL)."""
+    if s.run_id:
+        return s.run_id, False
+    if s.run_id_path and Path(s.run_id_path).is_file():
+        run_id = Path(s.run_id_path).read_text().strip()
+    else:
+        exp = client.get_experiment_by_name(s.experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(s.experiment)
+        run_id = client.create_run(exp_id, start_time=s.started_ms, run_name=s.run_name).info.run_id
+        if s.run_id_path:
+            Path(s.run_id_path).write_text(run_id)
+    _append_jsonl(s.path, {"session": s.session, "run_id": run_id, "by": "sync"})
+    s.run_id = run_id
+    return run_id, True
+
+
+def sync_runs(paths: Iterable[Path], tracking_uri: str, on_progress: Callable[[int, int], None] | None = None) -> SyncReport:
+    """Replay into MLflow what the Tracker JSONL files at `paths` hold and the server lacks. Idempotent.
+
+    Sessions whose `close` saw everything accepted are skipped. For the others (closed during an
+    outage, killed, never connected) each run gets the params and tags it lacks (by key) and the
+    metric points it lacks, matched on (key, step, timestamp): a step recomputed after a resume is
+    a point of its own, a point already there is never sent twice. Points keep their original
+    timestamps; requests are log_batch chunks within MLflow's limits. A run still RUNNING whose last
+    session ended is set to that session's status and end time. Run the sync when no tracker is
+    writing these runs (a live sender could send a point the sync sends too).
+    """
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    from pluto.errors import PlutoError
+
+    if not server_reachable(tracking_uri):
+        raise PlutoError(f"MLflow at {tracking_uri} unreachable; nothing replayed, retry `pluto tracking sync` later")
+    client = MlflowClient(tracking_uri)
+    paths = list(paths)
+    by_session: dict[str, _Session] = {}
+    for path in paths:
+        for s in read_sessions(path):
+            by_session.setdefault(s.session, s)  # a copied file repeats its sessions
+    todo = [s for s in by_session.values() if s.unsent != 0]
+    counts = dict.fromkeys(("runs", "runs_created", "metrics", "params", "tags", "terminated"), 0)
+    runs: dict[str, list[_Session]] = {}
+    for s in todo:
+        run_id, created = _run_of(client, s)
+        counts["runs_created"] += created
+        runs.setdefault(run_id, []).append(s)
+    for i, (run_id, sessions) in enumerate(runs.items()):
+        data = client.get_run(run_id).data
+        params = {k: v for s in reversed(sessions) for k, v in s.params.items() if k not in data.params}  # first value wins
+        tags = {k: v for s in sessions for k, v in s.tags.items() if k not in data.tags}
+        have = {(k, m.step, m.timestamp) for k in {p[0] for s in sessions for p in s.points}
+                for m in client.get_metric_history(run_id, k)}
+        points = list(dict.fromkeys(p for s in sessions for p in s.points if (p[0], p[3], p[2]) not in have))
+        for chunk in _chunks([Param(k, v) for k, v in params.items()], MAX_BATCH_KV):
+            client.log_batch(run_id, params=chunk)
+        for chunk in _chunks([RunTag(k, v) for k, v in tags.items()], MAX_BATCH_KV):
+            client.log_batch(run_id, tags=chunk)
+        for chunk in _chunks([Metric(*p) for p in points], MAX_BATCH):
+            client.log_batch(run_id, metrics=chunk)
+        last = sessions[-1]
+        if last.end is not None and client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, last.end, last.end_ms)
+            counts["terminated"] += 1
+        counts["runs"] += 1
+        counts["metrics"] += len(points)
+        counts["params"] += len(params)
+        counts["tags"] += len(tags)
+        if points or params or tags:
+            log.info("MLflow run %s: replayed %d metric points, %d params, %d tags", run_id, len(points), len(params), len(tags))
+        if on_progress is not None:
+            on_progress(i + 1, len(runs))
+    return SyncReport(files=len(paths), **counts)
+
+
+def terminate_stale_run(tracking_uri: str, run_id: str, note: str, status: str = "KILLED") -> list[str]:
+    """Mark the MLflow run `run_id` and its still-RUNNING direct children (stage runs) `status`.
+
+    For a run whose process is known dead (its flock was released). Grandchildren are left alone: a
+    training job launched by the dead flow may live on and be re-attached by its successor. `note`
+    (who found it dead) goes to tag `pluto.terminated_by`. Returns the ids changed.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    children = client.search_runs([run.info.experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}' and attributes.status = 'RUNNING'")
+    changed = []
+    for r in [*children, run]:
+        if r.info.status == "RUNNING":
+            client.set_tag(r.info.run_id, "pluto.terminated_by", note)
+            client.set_terminated(r.info.run_id, status)
+            changed.append(r.info.run_id)
+    return changed

@@ -32,7 +32,9 @@ def test_metrics_reach_real_mlflow_and_jsonl(tmp_path, mlflow_server):
 
     run = MlflowClient(mlflow_server.url).get_run(tr.run_id)
     assert run.data.params["arch"] == "pluto_tiny" and run.info.status == "FINISHED"
-    assert [r["loss"] for r in _records(tmp_path / "run" / "metrics.jsonl") if "loss" in r] == [10.0, 9.0, 8.0]
+    recs = _records(tmp_path / "run" / "metrics.jsonl")
+    assert [r["loss"] for r in recs if "loss" in r] == [10.0, 9.0, 8.0]
+    assert {"session": tr.session, "run_id": tr.run_id} in recs and recs[-1]["end"] == "FINISHED" and recs[-1]["unsent"] == 0
 
 
 @pytest.mark.integration
@@ -56,7 +58,7 @@ def test_nested_run_with_tags_and_artifact_and_failed_status(tmp_path, mlflow_se
     assert got.data.tags["pluto.cached"] == "False" and got.info.status == "FAILED"
     assert [a.path for a in client.list_artifacts(child.run_id, "reports")] == ["reports/report.json"]
     assert client.get_run(parent.run_id).info.status == "FINISHED"
-    assert _records(tmp_path / "child.jsonl")[0]["tags"] == {"pluto.stage": "qc", PARENT_TAG: parent.run_id}
+    assert _records(tmp_path / "child.jsonl")[1]["tags"] == {"pluto.stage": "qc", PARENT_TAG: parent.run_id}
 
 
 @pytest.mark.integration
@@ -112,7 +114,7 @@ def test_close_does_not_wait_on_a_dead_server(tmp_path, monkeypatch):
         time.sleep(0.1)
     tr.close(timeout_s=120)  # returns without draining: the point stays in the JSONL record
     assert tr.down and tr.pending == 1 and tr.url == ""
-    assert json.loads((tmp_path / "metrics.jsonl").read_text())["loss"] == 1.0
+    assert [r["loss"] for r in _records(tmp_path / "metrics.jsonl") if "loss" in r] == [1.0]
 
 
 def test_a_dead_server_at_start_leaves_a_complete_jsonl_record(tmp_path, monkeypatch):
@@ -124,11 +126,15 @@ def test_a_dead_server_at_start_leaves_a_complete_jsonl_record(tmp_path, monkeyp
         tr.log_params({"batches": 2})
         tr.log_metrics({"slides_ok": 3.0})
         tr.log_artifact(tmp_path / "report.html")
-    assert _records(path) == [
+    recs = _records(path)
+    assert recs == [
+        {"session": tr.session, "experiment": "t", "run_name": "qc", "mlflow": True, "run_id_path": None, "run_id": None,
+         "t_ms": recs[0]["t_ms"]},
         {"tags": {"pluto.stage": "qc", PARENT_TAG: "p1"}},
         {"params": {"batches": "2"}},
-        {"step": 0, "t_ms": _records(path)[2]["t_ms"], "slides_ok": 3.0},
+        {"step": 0, "t_ms": recs[3]["t_ms"], "slides_ok": 3.0},
         {"artifact": str(tmp_path / "report.html"), "artifact_path": None},
+        {"session": tr.session, "end": "FINISHED", "unsent": 5, "t_ms": recs[5]["t_ms"]},  # what `sync_runs` replays
     ]
 
 
@@ -136,4 +142,6 @@ def test_without_uri_only_jsonl_is_written(tmp_path):
     with Tracker(tmp_path / "metrics.jsonl") as tr:
         tr.log_metrics({"loss": 1.5}, step=0)
     assert tr.pending == 0 and tr.run_id is None
-    assert json.loads((tmp_path / "metrics.jsonl").read_text())["loss"] == 1.5
+    recs = _records(tmp_path / "metrics.jsonl")
+    assert [r["loss"] for r in recs if "loss" in r] == [1.5]
+    assert recs[0]["mlflow"] is False and recs[-1]["end"] == "FINISHED"  # a session `sync_runs` leaves alone
