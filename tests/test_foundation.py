@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,13 @@ def test_torch_only_packages_import_with_edge_libraries_blocked():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_git_sha_inside_a_checkout_and_in_an_image_without_git(tmp_path, monkeypatch):
+    from pluto.registry.provenance import git_sha
+
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", git_sha())
+    monkeypatch.delenv("PLUTO_GIT_SHA", raising=False)
+    assert git_sha(tmp_path) == "unknown"
+    monkeypatch.setenv("PLUTO_GIT_SHA", "0123abc")  # set by deploy/docker/Dockerfile from its GIT_SHA build arg
+    assert git_sha(tmp_path) == "0123abc"
