@@ -31,8 +31,13 @@ log = logging.getLogger(__name__)
 
 
 def resolve(config: dict[str, Any] | None = None) -> Settings:
-    """Settings for a flow run: defaults < PLUTO_CONFIG file < env < `config` (the flow parameter)."""
-    return load_settings(**(config or {}))
+    """Settings for a flow run: defaults < PLUTO_CONFIG file < env < `config` (the flow parameter).
+    Sizes this process's slide handle pool and tile cache; Dask workers keep the defaults."""
+    from pluto.slides.handles import configure_slide_access
+
+    s = load_settings(**(config or {}))
+    configure_slide_access(s.slides.handle_pool_size, s.slides.tile_cache_mib)
+    return s
 
 
 class HeldLock:

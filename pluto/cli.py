@@ -36,8 +36,12 @@ def _main(
 
 def settings_from(ctx: typer.Context, **overrides) -> Settings:
     """Resolve settings for a command: its flags are the highest-precedence overrides."""
+    from pluto.slides.handles import configure_slide_access
+
     clean = {k: v for k, v in overrides.items() if v is not None and v != {}}
-    return load_settings(ctx.obj.get("config") if ctx.obj else None, **clean)
+    s = load_settings(ctx.obj.get("config") if ctx.obj else None, **clean)
+    configure_slide_access(s.slides.handle_pool_size, s.slides.tile_cache_mib)
+    return s
 
 
 @app.command("config")

@@ -71,6 +71,7 @@ class SlideSettings(_Section):
     mpp_max: float = Field(50.0, gt=0)
     max_dimension_px: int = Field(1_000_000, gt=0)  # larger header dims => quarantined, too_large
     handle_pool_size: int = Field(32, ge=1)
+    tile_cache_mib: float = Field(64.0, ge=0)  # decoded JPEG tiles kept per process (grid-order reads reuse them); 0 = off
 
 
 class IngestSettings(_Section):

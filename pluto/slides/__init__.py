@@ -4,7 +4,9 @@ OpenSlide is imported lazily inside the functions that open slides.
 """
 
 from pluto.slides.geometry import TileRequest, TileSpec, best_level, check_resolution, plan_read
-from pluto.slides.handles import SlideHandle, clear_pool, configure_pool, get_handle, open_slide, pool_paths
+from pluto.slides.handles import (
+    SlideHandle, clear_pool, configure_pool, configure_slide_access, get_handle, open_slide, pool_paths,
+)
 from pluto.slides.ingest import CATALOG_COLUMNS, ingest
 from pluto.slides.ingest_file import preflight
 from pluto.slides.metadata import SlideInfo, slide_info
@@ -23,6 +25,7 @@ __all__ = [
     "clear_pool",
     "clear_tile_cache",
     "configure_pool",
+    "configure_slide_access",
     "configure_tile_cache",
     "get_handle",
     "ingest",

@@ -120,6 +120,14 @@ def configure_pool(max_handles: int) -> None:
         _evict(pool)
 
 
+def configure_slide_access(handle_pool_size: int, tile_cache_mib: float) -> None:
+    """Size this process's handle pool and decoded-tile cache (SlideSettings); forked workers inherit both."""
+    from pluto.slides.decoded_tiles import configure_tile_cache
+
+    configure_pool(handle_pool_size)
+    configure_tile_cache(tile_cache_mib)
+
+
 def clear_pool() -> None:
     """Close every pooled handle of this process."""
     pool = _pool()

@@ -72,3 +72,17 @@ def test_dataloader_workers(cmu_svs: Path) -> None:
     assert len(set(int(p) for p in pids)) == 2 and os.getpid() not in {int(p) for p in pids}
     for i, tile in enumerate(tiles):
         assert np.array_equal(tile.numpy(), ds[i][0])
+
+
+def test_resolved_settings_size_the_handle_pool_and_tile_cache():
+    from flows.common import resolve
+    from pluto.slides import tile_cache
+    from pluto.slides.handles import _pool
+
+    try:
+        s = resolve({"slides": {"handle_pool_size": 3, "tile_cache_mib": 1}})
+        assert s.slides.handle_pool_size == 3
+        assert _pool().max_handles == 3 and tile_cache().max_bytes == 2**20
+    finally:
+        resolve()  # back to the defaults for the rest of the session
+    assert _pool().max_handles == 32 and tile_cache().max_bytes == 64 * 2**20
