@@ -88,8 +88,10 @@ def _fit_adamw(x, y, val_x, val_y, n_classes: int, p: ProbeProtocol, gen: torch.
     best = (-1.0, 0, {k: v.clone() for k, v in head.state_dict().items()})
     history = []
     n = x.shape[0]
-    for step in range(1, p.steps + 1):
-        idx = torch.randint(0, n, (min(p.batch_size, n),), generator=gen).to(x.device)
+    # every step's batch drawn at once on the host generator (same draws on any device) and moved
+    # in one copy, so the loop never waits on a per-step host-to-device transfer
+    batches = torch.randint(0, n, (p.steps, min(p.batch_size, n)), generator=gen).to(x.device)
+    for step, idx in enumerate(batches, start=1):
         loss = nn.functional.cross_entropy(head(x[idx]), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
