@@ -444,6 +444,7 @@ def sync_runs(paths: Iterable[Path], tracking_uri: str, on_progress: Callable[[i
     writing these runs (a live sender could send a point the sync sends too).
     """
     from mlflow.entities import Metric, Param, RunTag
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from pluto.errors import PlutoError
@@ -455,7 +456,9 @@ def sync_runs(paths: Iterable[Path], tracking_uri: str, on_progress: Callable[[i
     by_session: dict[str, _Session] = {}
     for path in paths:
         for s in read_sessions(path):
-            by_session.setdefault(s.session, s)  # a copied file repeats its sessions
+            seen = by_session.get(s.session)  # a copied file repeats its sessions: keep the fuller record
+            if seen is None or len(s.points) > len(seen.points):
+                by_session[s.session] = s
     todo = [s for s in by_session.values() if s.unsent != 0]
     counts = dict.fromkeys(("runs", "runs_created", "metrics", "params", "tags", "terminated"), 0)
     runs: dict[str, list[_Session]] = {}
@@ -464,7 +467,13 @@ def sync_runs(paths: Iterable[Path], tracking_uri: str, on_progress: Callable[[i
         counts["runs_created"] += created
         runs.setdefault(run_id, []).append(s)
     for i, (run_id, sessions) in enumerate(runs.items()):
-        data = client.get_run(run_id).data
+        try:
+            data = client.get_run(run_id).data
+        except MlflowException as exc:
+            if exc.get_http_status_code() != 404:
+                raise
+            log.warning("MLflow run %s (recorded in %s) not found on %s; skipped", run_id, sessions[0].path, tracking_uri)
+            continue
         params = {k: v for s in reversed(sessions) for k, v in s.params.items() if k not in data.params}  # first value wins
         tags = {k: v for s in sessions for k, v in s.tags.items() if k not in data.tags}
         have = {(k, m.step, m.timestamp) for k in {p[0] for s in sessions for p in s.points}
