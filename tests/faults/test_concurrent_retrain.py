@@ -47,8 +47,8 @@ def test_second_retrain_is_a_failed_flow_run_and_leaves_no_mlflow_run(story):
     client = MlflowClient(story.mlflow_url)
     exp = client.get_experiment_by_name(story.config["mlflow"]["experiment"])
     parents = client.search_runs([exp.experiment_id], "tags.`pluto.flow` = 'retrain'")
-    assert len(parents) == 2  # A (killed, left RUNNING) and C; B never started one
-    assert sorted(r.info.status for r in parents) == ["FINISHED", "RUNNING"]
+    assert len(parents) == 2  # A (killed; C marks it KILLED when it takes the lock) and C; B never started one
+    assert sorted(r.info.status for r in parents) == ["FINISHED", "KILLED"]
 
 
 def test_registry_ends_with_one_consistent_version(story):
