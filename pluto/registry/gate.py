@@ -14,6 +14,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pluto.errors import PlutoError
+
 
 @dataclass(frozen=True)
 class SuiteScores:
@@ -43,7 +45,10 @@ class SuiteScores:
         from pluto.eval.records import EvalRecord, headline_records
 
         mode = result.get("headline_mode", "cls")
-        records = headline_records([EvalRecord.from_dict(r) for r in result["records"]], mode)
+        try:
+            records = headline_records([EvalRecord.from_dict(r) for r in result["records"]], mode)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise PlutoError(f"suite result is not a pluto.eval SuiteResult (write it with `pluto evaluate`): {exc!r}") from exc
         versions = {r.suite_version for r in records}
         if len(versions) != 1:
             raise ValueError(f"suite result mixes eval-suite versions {sorted(versions)}")

@@ -79,3 +79,10 @@ def test_champion_history_is_a_stack_of_promotions_and_rollbacks():
     assert champion_history(events) == [1, 2]
     assert champion_history(events + [_event(5, "rollback", 1, 2)]) == [1]
     assert PromotionEvent.from_dict(events[1].to_dict()) == events[1]
+
+
+def test_a_suite_file_that_is_not_a_suite_result_is_refused_clearly():
+    from pluto.errors import PlutoError
+
+    with pytest.raises(PlutoError, match="not a pluto.eval SuiteResult"):
+        SuiteScores.from_suite({"score": 0.8, "records": [{"task": "crc", "embedding_mode": "cls", "mean": 0.8}]})

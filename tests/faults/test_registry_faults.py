@@ -85,9 +85,12 @@ def test_registration_during_outages_is_clean_retryable_and_never_duplicates(tmp
 
 
 def test_cli_register_with_mlflow_down_prints_one_error_line(tmp_path, tiny_dir):
+    from pluto.eval.records import EvalRecord, SuiteResult
+
     suite = tmp_path / "suite.json"
-    suite.write_text(json.dumps({"score": 0.8, "records": [
-        {"task": "crc", "embedding_mode": "cls", "suite_version": "1", "mean": 0.8, "std": 0.01}]}))
+    rec = EvalRecord(task="crc", dataset="crc", split="test", metric="balanced_accuracy", values=(0.8, 0.81), seeds=(0, 1),
+                     protocol="linear_probe/quick", model_id="m", patch_size=16, embedding_mode="cls")
+    suite.write_text(json.dumps(SuiteResult((rec,), 0.805).to_dict()))
     url = f"http://127.0.0.1:{free_port()}"
     env = {"PLUTO_MLFLOW__TRACKING_URI": url, "PLUTO_PATHS__WORK_DIR": str(tmp_path / "work")}  # MLflow's default retries
     out = subprocess.run([sys.executable, "-m", "pluto.cli", "register", str(tiny_dir), "--suite", str(suite),
