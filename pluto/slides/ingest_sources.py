@@ -48,9 +48,12 @@ class SlideSource:
 
 
 def resolve_inside(root: Path, candidate: Path) -> Path:
-    """`candidate` resolved (symlinks followed); SlideError(bad_path) when it leaves `root`."""
+    """`candidate` resolved (symlinks followed); SlideError(bad_path) when it leaves `root`.
+
+    `candidate` is made absolute first: os.walk of a relative root yields paths relative to the
+    cwd, which `safe_join` would otherwise join under `root` a second time."""
     try:
-        return safe_join(root, candidate)
+        return safe_join(root, Path(candidate).absolute())
     except PathEscapeError as exc:
         raise SlideError(candidate, QuarantineReason.bad_path, f"resolves to {exc.resolved}, outside {exc.root}") from exc
 

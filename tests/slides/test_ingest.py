@@ -119,3 +119,13 @@ def test_s3_ingest(moto_server, aws_env, tmp_path: Path, cmu_svs: Path, openslid
     assert local.stat().st_mtime_ns == mtime  # unchanged object: not downloaded again
     logs = "".join(p.read_text(errors="ignore") for p in out.rglob("*.json"))
     assert aws_env["AWS_SECRET_ACCESS_KEY"] not in logs
+
+
+def test_relative_source_folder_lists_its_files(slide_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pluto.slides.ingest_sources import list_sources
+
+    monkeypatch.chdir(slide_dir.parent)
+    by_name = {s.file_name: s for s in list_sources(slide_dir.name)}
+    assert by_name["CMU-1-Small-Region.svs"].local == str((slide_dir / "nested" / "CMU-1-Small-Region.svs").resolve())
+    assert by_name["CMU-1-Small-Region.svs"].escape == ""
+    assert by_name["escape.svs"].escape.startswith("resolves to ")
