@@ -30,7 +30,8 @@ def pearson_per_column(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
 
 def dice_without_background(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> float:
     """eva's headline segmentation metric (CoNSeP/MoNuSAC): MONAI dice per image and foreground class,
-    classes empty in both prediction and target skipped (`ignore_empty`), then averaged.
+    classes absent from an image's target skipped (`ignore_empty`; predicting them there costs
+    nothing), then averaged.
 
     Integer label maps (B, H, W); needs kaiko-eva[vision] (MONAI).
     """
