@@ -65,7 +65,7 @@ class MultiCropAugment:
     tile's views (boxes, flips, rotations, stain/colour factors, blur sigmas) as small CPU tensors
     from `generator`; `render` applies a plan to the uint8 tile on whatever device the tile is on,
     with geometry per view and the photometric ops batched over views (`pluto.ssl.batched_color`).
-    `__call__` is both in a DataLoader worker; `render_batch` is the device path (workers ship
+    `__call__` is both in a DataLoader worker; `render` of a micro-batch is the device path (workers ship
     uint8 tiles and plans, the GPU renders the micro-batch). Same plan, same crops.
     """
 
