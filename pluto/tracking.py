@@ -185,8 +185,9 @@ class Tracker:
         What is left unsent stays in the JSONL record only."""
         if status not in RUN_STATUSES:
             raise ValueError(f"run status {status!r}: expected one of {RUN_STATUSES}")
-        if self._thread is None:
-            self._append({"session": self.session, "end": status, "unsent": self.pending, "t_ms": _now_ms()})
+        if self._thread is None:  # no sender: closed before, or mlflow missing here (nothing sent: unsent unknown)
+            unsent = self.pending if self.tracking_uri else None
+            self._append({"session": self.session, "end": status, "unsent": unsent, "t_ms": _now_ms()})
             return
         deadline = time.monotonic() + timeout_s
         while self.pending and time.monotonic() < deadline and self._thread.is_alive():

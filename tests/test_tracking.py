@@ -145,3 +145,22 @@ def test_without_uri_only_jsonl_is_written(tmp_path):
     recs = _records(tmp_path / "metrics.jsonl")
     assert [r["loss"] for r in recs if "loss" in r] == [1.5]
     assert recs[0]["mlflow"] is False and recs[-1]["end"] == "FINISHED"  # a session `sync_runs` leaves alone
+
+
+def test_a_run_logged_where_mlflow_is_missing_is_replayed_later(tmp_path, mlflow_server, monkeypatch):
+    import importlib.util
+
+    from pluto.tracking import read_sessions, sync_runs
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real_find_spec(name, *a))
+    path = tmp_path / "gpu-node" / "metrics.jsonl"
+    with Tracker(path, mlflow_server.url, experiment="t-no-mlflow", run_name="node") as tr:
+        tr.log_metrics({"loss": 2.0}, step=0)
+        tr.log_metrics({"loss": 1.0}, step=1)
+    monkeypatch.undo()
+    (session,) = read_sessions(path)
+    assert session.unsent is None and session.end == "FINISHED"  # nothing was sent: the sync must not skip it
+    report = sync_runs([path], mlflow_server.url)
+    assert (report.runs_created, report.metrics) == (1, 2)
+    assert _history(mlflow_server.url, read_sessions(path)[0].run_id, "loss") == [(0, 2.0), (1, 1.0)]
