@@ -212,7 +212,7 @@ def run(n: int, workers: int, root: Path) -> dict:
         rows.append({"method": method, "seconds": seconds, "extra_fds": res.extra_fds, "peak_rss_mb": res.peak_rss_mb})
     if sorted(catalog["slide_id"]) != sorted(sha for sha, _ in base):
         raise RuntimeError("pluto and the baseline disagree on slide ids")
-    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
         client.run(lambda: __import__("pluto.slides.ingest_file"))  # worker imports are not ingest time
         t0 = time.perf_counter()
         dask_cat = dask_ingest(str(src), root / "work-dask", client, batch_slides=max(1, n // 16))
