@@ -368,10 +368,14 @@ def read_sessions(path: Path) -> list[_Session]:
     """The MLflow-bound sessions of one Tracker JSONL file, in file order (records before any header are skipped)."""
     sessions: dict[str, _Session] = {}
     current: _Session | None = None
-    for line in Path(path).read_text().splitlines():
+    for line_no, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
-        rec = json.loads(line)
+        try:
+            rec = json.loads(line)
+        except ValueError:  # a line cut short (disk full, killed mid-write) must not block the rest
+            log.warning("%s:%d: not a JSON record, skipped: %r", path, line_no, line[:200])
+            continue
         if "step" in rec and "t_ms" in rec:
             if current is not None:
                 step, t_ms = rec.pop("step"), rec.pop("t_ms")

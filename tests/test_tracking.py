@@ -164,3 +164,16 @@ def test_a_run_logged_where_mlflow_is_missing_is_replayed_later(tmp_path, mlflow
     report = sync_runs([path], mlflow_server.url)
     assert (report.runs_created, report.metrics) == (1, 2)
     assert _history(mlflow_server.url, read_sessions(path)[0].run_id, "loss") == [(0, 2.0), (1, 1.0)]
+
+
+def test_a_line_cut_short_is_skipped_not_fatal(tmp_path, caplog):
+    from pluto.tracking import read_sessions
+
+    path = tmp_path / "metrics.jsonl"
+    header = {"session": "s1", "experiment": "e", "run_name": "r", "mlflow": True, "run_id_path": None, "run_id": None, "t_ms": 1}
+    lines = [json.dumps(header), json.dumps({"step": 0, "t_ms": 2, "loss": 2.0}), '{"step": 1, "t_ms": 3, "lo',
+             json.dumps({"step": 2, "t_ms": 4, "loss": 1.0})]
+    path.write_text("\n".join(lines) + "\n")
+    (session,) = read_sessions(path)
+    assert session.points == [("loss", 2.0, 2, 0), ("loss", 1.0, 4, 2)]
+    assert f"{path}:3: not a JSON record" in caplog.text
