@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from pluto.errors import PlutoError
-from pluto.qc.slide_qc import MASK_NAMES, SlideQC
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from pluto.qc.params import QCParams
+    from pluto.qc.slide_qc import SlideQC
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +173,12 @@ def artifact_sources(labels_csv: Path) -> list[QCSource]:
     """
     import csv
 
+    import pandas as pd
     from PIL import Image
 
     from pluto.eval.labeled import DatasetLayoutError, inside
     from pluto.qc.detectors import heuristic_detector
+    from pluto.qc.slide_qc import SlideQC
     from pluto.qc.tissue import tissue_mask
 
     labels_csv = Path(labels_csv)
@@ -246,7 +249,10 @@ def qc_label_set(sources: list[QCSource], tile_px: int = 112, mpp: float = 0.5, 
     `min_per_class` tiles are dropped (fold, when the masks find too little); every kept class gets
     the same count, min(smallest class, `max_per_class`), drawn under `seed` and dealt 60/20/20.
     """
+    import pandas as pd
+
     from pluto.eval.labeled import DatasetLayoutError
+    from pluto.qc.slide_qc import MASK_NAMES
 
     rows = []
     for i, src in enumerate(sources):

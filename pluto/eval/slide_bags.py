@@ -11,12 +11,15 @@ bag's label is set by all of its tiles (the regions of a bag differ between bags
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from pluto.errors import PlutoError
 from pluto.eval.derived import MIN_TISSUE_SATURATION, resolution_set, saturation
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PANDA_TILE_MPP, PANDA_TILE_PX, PANDA_MAX_TILES = 0.5, 224, 1000  # eva's PANDA config
 THUMB_PX_PER_TILE = 8  # thumbnail resolution: 8 x 8 thumbnail px per grid cell
@@ -25,6 +28,8 @@ THUMB_PX_PER_TILE = 8  # thumbnail resolution: 8 x 8 thumbnail px per grid cell
 def tissue_grid(slide: Path, mpp: float = PANDA_TILE_MPP, tile_px: int = PANDA_TILE_PX, max_tiles: int = PANDA_MAX_TILES,
                 seed: int = 0) -> pd.DataFrame:
     """Tile manifest rows (path, x_l0, y_l0, mpp, tile_px) of the tissue cells of one slide."""
+    import pandas as pd
+
     from pluto.slides import read_thumbnail, slide_info
 
     info = slide_info(slide)
