@@ -112,8 +112,8 @@ class S3Cache:
             fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".download-")
             try:
                 digest = hashlib.sha256()
-                body = client.get_object(Bucket=obj.bucket, Key=obj.key)["Body"]
-                with os.fdopen(fd, "wb") as fh:
+                with os.fdopen(fd, "wb") as fh:  # opened first: a failed get_object must not leak the fd
+                    body = client.get_object(Bucket=obj.bucket, Key=obj.key)["Body"]
                     for chunk in iter(lambda: body.read(_CHUNK), b""):
                         digest.update(chunk)
                         fh.write(chunk)

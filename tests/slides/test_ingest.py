@@ -129,3 +129,19 @@ def test_relative_source_folder_lists_its_files(slide_dir: Path, monkeypatch: py
     assert by_name["CMU-1-Small-Region.svs"].local == str((slide_dir / "nested" / "CMU-1-Small-Region.svs").resolve())
     assert by_name["CMU-1-Small-Region.svs"].escape == ""
     assert by_name["escape.svs"].escape.startswith("resolves to ")
+
+
+@pytest.mark.integration
+def test_failed_s3_downloads_leave_no_open_files(moto_server, aws_env, tmp_path: Path) -> None:
+    from pluto.errors import PlutoError
+    from pluto.slides.s3_source import S3Cache, S3Object, s3_client
+
+    client = s3_client(moto_server.url, "us-east-1", 0)
+    client.create_bucket(Bucket="gone")
+    cache = S3Cache(tmp_path / "s3")
+    missing = S3Object("s3://gone/x.svs", "gone", "x.svs", "x.svs", 10, "etag")
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(PlutoError, match=r"s3://gone/x.svs: download failed after 3 attempts"):
+        cache.fetch(client, missing, 2)
+    assert len(os.listdir("/proc/self/fd")) == fds
+    assert not list((tmp_path / "s3").glob(".download-*"))
