@@ -69,6 +69,9 @@ def read_expression(path: Path, genes: tuple[str, ...]) -> tuple[list[str], np.n
         if isinstance(x, h5py.Dataset):
             dense = np.asarray(x[()], dtype=np.float64)[:, cols]
         else:  # CSR group: data, indices, indptr (+ attrs shape)
+            encoding = x.attrs.get("encoding-type", "csr_matrix")
+            if encoding != "csr_matrix":  # CSC would read its row indices as gene columns
+                raise DatasetLayoutError(f"{path}: X is stored as {encoding!r}; only dense or csr_matrix X is read")
             data, indices, indptr = (np.asarray(x[k][()]) for k in ("data", "indices", "indptr"))
             dense = np.zeros((len(barcodes), len(cols)), np.float64)
             where = {c: j for j, c in enumerate(cols)}

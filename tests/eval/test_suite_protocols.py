@@ -69,6 +69,18 @@ def test_hest_reader_aligns_barcodes_and_genes(tmp_path, csr):
         read_sample(load_hest_task(tmp_path / "IDC"), "patches/P2.h5", "adata/P2.h5ad")
 
 
+def test_hest_reader_refuses_a_csc_matrix(tmp_path):
+    import h5py
+
+    from pluto.eval.hest_data import load_hest_task, read_sample
+
+    _write_hest(tmp_path / "IDC", np.random.default_rng(0), csr=True)
+    with h5py.File(tmp_path / "IDC" / "adata" / "P2.h5ad", "r+") as f:
+        f["X"].attrs["encoding-type"] = "csc_matrix"  # same arrays read column-major would scramble genes and spots
+    with pytest.raises(DatasetLayoutError, match=r"P2.h5ad: X is stored as 'csc_matrix'"):
+        read_sample(load_hest_task(tmp_path / "IDC"), "patches/P2.h5", "adata/P2.h5ad")
+
+
 def _write_consep(root) -> None:
     """A bright disk (epithelial, type 3 -> class 3) on a dark field, in 260-px images eva cuts into 250-px patches."""
     from PIL import Image
