@@ -44,7 +44,7 @@ class IngestOptions:
     max_dimension_px: int = MAX_DIMENSION_PX
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
-    s3_retries: int = 5  # botocore attempts per call and whole-download attempts, each with backoff
+    s3_retries: int = 5  # retries after the first try, per botocore call and per whole download, each with backoff
 
 
 def sha256_file(path: Path) -> str:
