@@ -63,7 +63,6 @@ class SoftmaxCenter(nn.Module):
         self.register_buffer("center", torch.zeros(1, n_prototypes))
         self.register_buffer("pending_sum", torch.zeros(1, n_prototypes), persistent=False)
         self.register_buffer("pending_count", torch.zeros(()), persistent=False)
-        self.updates = 0  # EMA steps taken by this process (tests, monitoring)
 
     @torch.no_grad()
     def forward(self, logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
@@ -80,7 +79,6 @@ class SoftmaxCenter(nn.Module):
         """c <- momentum * c + (1 - momentum) * (mean logit since the last update); no-op when none is pending."""
         if float(self.pending_count) > 0:
             self.center.mul_(self.momentum).add_(self.pending_sum / self.pending_count, alpha=1 - self.momentum)
-            self.updates += 1
         self.discard()
 
     def discard(self) -> None:
