@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -75,23 +76,23 @@ def retrain(config: dict[str, Any] | None = None, seed: int | None = None, launc
     s = resolve(config)
     seed = secrets.randbelow(2**31) if seed is None else seed
     me = f"flow run {flow_run.id or 'local'}"
-    with work_dir_lock(s.paths.work_dir, me, flow_run_id=str(flow_run.id or "")) as lock:
-        cluster = None
+    # the exit stack closes the local Dask cluster whatever fails, after the parent run is closed
+    with work_dir_lock(s.paths.work_dir, me, flow_run_id=str(flow_run.id or "")) as lock, ExitStack() as stack:
         if not s.chain.dask_address:
             from distributed import LocalCluster
 
-            cluster = LocalCluster(**local_cluster_kwargs(s))
+            cluster = stack.enter_context(LocalCluster(**local_cluster_kwargs(s)))
             config = _with_dask_address(config, cluster.scheduler_address)
         parent = Tracker(
             s.paths.work_dir / "tracking" / "retrain.jsonl", s.mlflow.tracking_uri, s.mlflow.experiment, "retrain",
             tags={"pluto.git_sha": git_sha(), "pluto.flow": "retrain"}, connect_now=True, system_metrics=True,
         )
-        lock.record(mlflow_run_id=parent.run_id or "")
-        end_dead_holder_runs(lock.previous, s.mlflow.tracking_uri, f"{me}, MLflow run {parent.run_id}")
-        if parent.url:
-            create_link_artifact(key="mlflow-retrain-run", link=parent.url, link_text="MLflow retrain run")
         status = "FAILED"
         try:
+            lock.record(mlflow_run_id=parent.run_id or "")
+            end_dead_holder_runs(lock.previous, s.mlflow.tracking_uri, f"{me}, MLflow run {parent.run_id}")
+            if parent.url:
+                create_link_artifact(key="mlflow-retrain-run", link=parent.url, link_text="MLflow retrain run")
             parent.log_params({"seed": seed, "launcher": launcher, "config_hash": s.config_hash()})
             stages: dict[str, Any] = {
                 "ingest": ingest_flow(config, parent.run_id),
@@ -116,7 +117,5 @@ def retrain(config: dict[str, Any] | None = None, seed: int | None = None, launc
             status = "FINISHED"
         finally:
             parent.close(status)
-            if cluster is not None:
-                cluster.close()
             replay_tracking(s.paths.work_dir, s.mlflow.tracking_uri)
         return {"seed": seed, "data": data, "mlflow_run": parent.url, "stages": stages}
