@@ -78,6 +78,9 @@ def work_dir_lock(work_dir: Path, holder: str, **ids: str) -> Iterator[HeldLock]
         raise PlutoError(
             f"{path}: work dir in use by another retrain ({owner}); wait for it to finish or set paths.work_dir elsewhere"
         ) from None
+    except OSError as exc:  # e.g. ENOLCK: a file system without flock (some NFS mounts)
+        fh.close()
+        raise PlutoError(f"{path}: cannot lock the work dir ({exc.strerror}); put paths.work_dir on a local disk") from exc
     try:
         fh.seek(0)
         previous = _lock_record(fh.read(), path)

@@ -62,3 +62,22 @@ def test_registry_ends_with_one_consistent_version(story):
     assert version.tags["pluto.data_hash"] == story.c["data"]["md5"]
     log = (story.work / "registry" / "promotions.jsonl").read_text().splitlines()
     assert len(log) == 1
+
+
+def test_a_work_dir_that_cannot_be_locked_is_a_clear_error_and_leaks_no_handle(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+    import os
+
+    from flows.common import work_dir_lock
+    from pluto.errors import PlutoError
+
+    def no_locks(fh, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(PlutoError, match=r"\.retrain\.lock: cannot lock the work dir .*local disk"):
+        with work_dir_lock(tmp_path, "test"):
+            pass
+    assert len(os.listdir("/proc/self/fd")) == fds
