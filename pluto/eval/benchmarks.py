@@ -13,7 +13,6 @@ HEST has no eva class and is read in hest_data.py.
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pluto.eval.images import resize_chw
+from pluto.eval.images import files_fingerprint, resize_chw
 from pluto.eval.labeled import DatasetLayoutError, LabeledImages, inside, require
 
 log = logging.getLogger(__name__)
@@ -176,11 +175,7 @@ class EvaImages(Dataset):
 
     @property
     def fingerprint(self) -> str:
-        h = hashlib.sha256(f"eva:{[type(p).__name__ for p in self.parts]}:{self.input_px}".encode())
-        for p in self.files:
-            st = p.stat()
-            h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        return h.hexdigest()
+        return files_fingerprint(f"eva:{[type(p).__name__ for p in self.parts]}:{self.input_px}", self.files)
 
 
 @dataclass(frozen=True)

@@ -53,11 +53,17 @@ class ImageFiles(Dataset):
 
     @property
     def fingerprint(self) -> str:
-        h = hashlib.sha256(f"files:{self.input_px}".encode())
-        for p in self.paths:
-            st = p.stat()
-            h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        return h.hexdigest()
+        return files_fingerprint(f"files:{self.input_px}", self.paths)
+
+
+def files_fingerprint(prefix: str, paths) -> str:
+    """Embedding-cache key of a file-backed dataset: path, size and mtime of each file, so an edited
+    or replaced file invalidates the cache without hashing image bytes."""
+    h = hashlib.sha256(prefix.encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 class SlideTiles(Dataset):
