@@ -473,14 +473,14 @@ def sync_runs(paths: Iterable[Path], tracking_uri: str, on_progress: Callable[[i
         runs.setdefault(run_id, []).append(s)
     for i, (run_id, sessions) in enumerate(runs.items()):
         try:
-            data = client.get_run(run_id).data
+            run = client.get_run(run_id)
         except MlflowException as exc:
             if exc.get_http_status_code() != 404:
                 raise
             log.warning("MLflow run %s (recorded in %s) not found on %s; skipped", run_id, sessions[0].path, tracking_uri)
             continue
-        params = {k: v for s in reversed(sessions) for k, v in s.params.items() if k not in data.params}  # first value wins
-        tags = {k: v for s in sessions for k, v in s.tags.items() if k not in data.tags}
+        params = {k: v for s in reversed(sessions) for k, v in s.params.items() if k not in run.data.params}  # first value wins
+        tags = {k: v for s in sessions for k, v in s.tags.items() if k not in run.data.tags}
         have = {(k, m.step, m.timestamp) for k in {p[0] for s in sessions for p in s.points}
                 for m in client.get_metric_history(run_id, k)}
         points = list(dict.fromkeys(p for s in sessions for p in s.points if (p[0], p[3], p[2]) not in have))
@@ -491,7 +491,7 @@ def sync_runs(paths: Iterable[Path], tracking_uri: str, on_progress: Callable[[i
         for chunk in _chunks([Metric(*p) for p in points], MAX_BATCH):
             client.log_batch(run_id, metrics=chunk)
         last = sessions[-1]
-        if last.end is not None and client.get_run(run_id).info.status == "RUNNING":
+        if last.end is not None and run.info.status == "RUNNING":  # replaying data never changes the status
             client.set_terminated(run_id, last.end, last.end_ms)
             counts["terminated"] += 1
         counts["runs"] += 1
