@@ -1,12 +1,14 @@
 """`make demo`: the whole retraining chain on the bundled slides, on CPU, with pluto_tiny.
 
-Starts real servers on 127.0.0.1 (MLflow: sqlite + local artifacts under work/mlflow; a Prefect
-server with PREFECT_HOME under work/prefect; moto as the S3 store for DVC data and checkpoints),
-runs the `retrain` flow (ingest -> QC -> tile -> DVC data version -> pretrain -> evaluate ->
-register -> gate) and prints the UI addresses. MLflow and Prefect state persist in the work dir,
-so a second run with unchanged slides takes the data stages from the Prefect cache, trains with a
-new seed and registers a second version of `pluto-tiny`. moto keeps its objects in memory: the S3
-copies (DVC remote, checkpoints) live as long as the demo. Run: `python -m flows.demo`. It lives in flows/ because it drives Prefect; pluto/ never imports it.
+Starts real servers on fixed 127.0.0.1 ports (MLflow at the settings' tracking URI, :5000 by
+default, with sqlite + artifacts under work/mlflow; a Prefect server on :4200 with PREFECT_HOME under
+work/prefect), runs the `retrain` flow (ingest -> QC -> tile -> DVC data version -> pretrain ->
+evaluate -> register -> gate) and prints the UI addresses. Everything persists in the work dir: the
+DVC remote and the checkpoint store are the embedded file stores under work/stores, so after the
+demo exits `pluto services up` serves the same runs and `pluto data checkout`, `pluto promote` and
+`pluto rollback` work with no configuration. A second run with unchanged slides takes the data
+stages from the Prefect cache, trains with a new seed and registers a second version of
+`pluto-tiny`. Run: `python -m flows.demo`. It lives in flows/ because it drives Prefect; pluto/ never imports it.
 """
 
 from __future__ import annotations
@@ -23,14 +25,13 @@ from pluto.services import start_services
 
 log = logging.getLogger("pluto.demo")
 
-def demo_overrides(work_dir: Path, mlflow_url: str, s3_url: str) -> dict:
+def demo_overrides(work_dir: Path, mlflow_url: str) -> dict:
     """Settings for the CPU demo: small tiles and crops, a short pretraining, the quick eval preset."""
     from pluto.ssl import ssl_preset
 
     return {
         "paths": {"work_dir": str(work_dir)},
         "mlflow": {"tracking_uri": mlflow_url},
-        "s3": {"endpoint_url": s3_url},
         "tiling": {"mpps": [0.5, 1.0, 2.0], "tile_pxs": [224]},
         "train": {
             "arch": "pluto_tiny", "ssl": asdict(ssl_preset("demo")), "steps": 200, "batch_per_gpu": 8,
@@ -46,19 +47,17 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     for key in ("PREFECT_SERVER_ANALYTICS_ENABLED", "GX_ANALYTICS_ENABLED", "MLFLOW_ENABLE_TELEMETRY"):
         os.environ.setdefault(key, "false")
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "demo")  # moto accepts any key; real S3 uses your AWS config
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "demo")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    work = load_settings().paths.work_dir.resolve()
+    settings = load_settings()
+    work = settings.paths.work_dir.resolve()
     started = time.monotonic()
-    services = start_services(work)
-    moto, mlflow, prefect = services
+    services = start_services(work, settings.mlflow.tracking_uri)
+    mlflow, prefect = services
     try:
         os.environ["PREFECT_HOME"] = str(work / "prefect")
         os.environ["PREFECT_API_URL"] = f"{prefect.url}/api"
         from flows.retrain import retrain
 
-        result = retrain(demo_overrides(work, mlflow.url, moto.url))
+        result = retrain(demo_overrides(work, mlflow.url))
         reg = result["stages"]["register"]
         cached = [k for k, v in result["stages"].items() if isinstance(v, dict) and v.get("cached")]
         lines = [

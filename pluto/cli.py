@@ -15,6 +15,7 @@ from rich.logging import RichHandler
 
 from pluto.config import Settings, load_settings
 from pluto.errors import PlutoError
+from pluto.services import PREFECT_PORT
 
 app = typer.Typer(help="PLUTO platform: slides -> QC -> tiles -> pretraining -> evaluation -> registry.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -312,12 +313,15 @@ app.add_typer(services_app, name="services")
 
 
 @services_app.command("up")
-def services_up_cmd(ctx: typer.Context) -> None:
-    """Start moto S3, MLflow and Prefect on 127.0.0.1 (state under the work dir); Ctrl-C stops them."""
+def services_up_cmd(
+    ctx: typer.Context,
+    prefect_port: int = typer.Option(PREFECT_PORT, "--prefect-port", help="Port of the Prefect server on 127.0.0.1."),
+) -> None:
+    """Start MLflow (at mlflow.tracking_uri) and Prefect on 127.0.0.1, state under the work dir; Ctrl-C stops them."""
     from pluto.services import start_services
 
     s = settings_from(ctx)
-    services = start_services(s.paths.work_dir.resolve())
+    services = start_services(s.paths.work_dir.resolve(), s.mlflow.tracking_uri, prefect_port)
     for svc in services:
         typer.echo(f"{svc.name}: {svc.url}")
     try:

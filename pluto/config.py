@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -111,8 +111,10 @@ class ChainSettings(_Section):
     """Retraining chain: data versions (DVC remote), fan-out engine, registry gate, checkpoint store."""
 
     ingest_prefix: str | None = None  # folder or s3:// prefix watched for slides; None = <data_root>/wsi
-    dvc_remote: str = "s3://pluto-data/dvc"  # DVC remote; endpoint from s3.endpoint_url
-    checkpoint_store: str = "s3://pluto-artifacts/checkpoints"  # full training checkpoints (multipart)
+    # DVC remote and checkpoint store: s3://bucket/prefix (endpoint from s3.endpoint_url) or file:///folder;
+    # unset = file stores under <work_dir>/stores, so data versions and checkpoints outlive any server
+    dvc_remote: str | None = None
+    checkpoint_store: str | None = None
     multipart_chunk_mb: int = Field(64, ge=5)  # S3 minimum part size is 5 MiB
     dask_address: str | None = None  # existing Dask scheduler (tcp://...); None = LocalCluster on 127.0.0.1
     dask_workers: int = Field(2, ge=1)
@@ -163,6 +165,16 @@ class Settings(BaseSettings):
             else:
                 sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _embedded_stores(self) -> "Settings":
+        """Unset stores become file:// folders under the work dir (the embedded defaults)."""
+        stores = self.paths.work_dir.resolve() / "stores"
+        folders = {"dvc_remote": "dvc", "checkpoint_store": "checkpoints"}
+        filled = {k: (stores / d).as_uri() for k, d in folders.items() if getattr(self.chain, k) is None}
+        if filled:
+            object.__setattr__(self, "chain", self.chain.model_copy(update=filled))
+        return self
 
     def config_hash(self, *sections: str) -> str:
         """Stable hash of the named sections (all when none): part of every stage's cache key."""

@@ -163,12 +163,17 @@ def init_repo(work_dir: Path, remote_url: str, endpoint_url: str | None = None) 
         with repo.config.edit("repo") as conf:
             conf["core"]["remote"] = REMOTE_NAME
             conf["core"]["autostage"] = False
-            conf["remote"][REMOTE_NAME] = {"url": remote_url}
+            conf["remote"][REMOTE_NAME] = {"url": _dvc_url(remote_url)}
         with repo.config.edit("local") as conf:
             if endpoint_url:
                 conf["remote"][REMOTE_NAME] = {"endpointurl": endpoint_url}
             else:
                 conf["remote"].pop(REMOTE_NAME, None)
+
+
+def _dvc_url(remote_url: str) -> str:
+    """DVC names a local remote by its path; the settings use file:// URIs like the checkpoint store."""
+    return remote_url.removeprefix("file://") if remote_url.startswith("file://") else remote_url
 
 
 def read_version(work_dir: Path) -> DataVersion:
@@ -218,8 +223,14 @@ def checkout_data(work_dir: Path, md5: str, remote_url: str, endpoint_url: str |
     init_repo(work_dir, remote_url, endpoint_url)
     md5 = md5 if md5.endswith(".dir") else f"{md5}.dir"
     (work_dir / f"{SNAPSHOT}.dvc").write_text(yaml.safe_dump({"outs": [{"md5": md5, "hash": "md5", "path": SNAPSHOT}]}))
+    from dvc.exceptions import DvcException
+
     with _repo(work_dir) as repo:
-        repo.pull(force=True)
+        try:
+            repo.pull(force=True)
+        except DvcException as exc:
+            raise PlutoError(f"data version {md5}: the DVC remote {remote_url} does not have it ({type(exc).__name__}: {exc}); "
+                             "was it pushed to another remote, or the store removed?") from exc
     restore_tables(work_dir)
     log.info("data version %s restored into %s", md5, work_dir)
     return read_version(work_dir)

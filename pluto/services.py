@@ -1,4 +1,4 @@
-"""Local service processes the platform talks to: MLflow tracking server and an S3 API (moto).
+"""Local service processes the platform talks to: MLflow tracking server, Prefect server and an S3 API (moto).
 
 Used by `make demo`, the CLI (`pluto services up`) and the test fixtures, so all three start the
 same real servers the same way. Everything binds to 127.0.0.1 unless told otherwise.
@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 from pluto.errors import PlutoError
 
@@ -130,21 +131,38 @@ def start_prefect(home: Path, port: int | None = None, host: str = LOOPBACK) -> 
     return _spawn("prefect", cmd, host, port, home, env, 240)
 
 
-LOCAL_BUCKETS = ("pluto-data", "pluto-artifacts")  # DVC remote, MLflow/checkpoint store
+PREFECT_PORT = 4200  # Prefect's own default, so `prefect` commands in a new shell find the demo's server
 
 
-def start_services(work: Path) -> list[Service]:
-    """moto S3 (with the local buckets), MLflow and Prefect on 127.0.0.1, state under `work`."""
-    import boto3
+def loopback_port(url: str) -> int:
+    """The port of an http://127.0.0.1:PORT URL: the embedded servers bind only there."""
+    parsed = urlparse(url)
+    if parsed.scheme != "http" or parsed.hostname not in (LOOPBACK, "localhost") or not parsed.port:
+        raise PlutoError(f"{url}: the embedded servers run at http://127.0.0.1:PORT; point mlflow.tracking_uri there "
+                         "or at your team's server (which `pluto services up` does not start)")
+    return parsed.port
 
+
+def _require_free(port: int, what: str, setting: str) -> None:
+    with socket.socket() as sock:
+        if sock.connect_ex((LOOPBACK, port)) == 0:
+            raise PlutoError(f"{LOOPBACK}:{port} is already in use, so {what} cannot start there (is a demo or "
+                             f"`pluto services up` still running?); stop it or set {setting} to another port")
+
+
+def start_services(work: Path, mlflow_url: str, prefect_port: int = PREFECT_PORT) -> list[Service]:
+    """MLflow and Prefect on fixed 127.0.0.1 ports, state under `work` (the embedded stores need no S3).
+
+    Fixed ports, not free ones: the CLI in a new shell, `mlflow models serve` and the README all name
+    the same tracking URI, and restarting the services on the same work dir serves the same runs.
+    """
+    mlflow_port = loopback_port(mlflow_url)
+    _require_free(mlflow_port, "MLflow", "PLUTO_MLFLOW__TRACKING_URI")
+    _require_free(prefect_port, "the Prefect server", "--prefect-port")
     services: list[Service] = []
     try:
-        services.append(start_moto(log_dir=work / "logs"))
-        s3 = boto3.client("s3", endpoint_url=services[0].url)
-        for bucket in LOCAL_BUCKETS:
-            s3.create_bucket(Bucket=bucket)
-        services.append(start_mlflow(work / "mlflow", log_dir=work / "logs"))
-        services.append(start_prefect(work / "prefect"))
+        services.append(start_mlflow(work / "mlflow", port=mlflow_port, log_dir=work / "logs"))
+        services.append(start_prefect(work / "prefect", port=prefect_port))
     except BaseException:
         for svc in reversed(services):
             svc.stop()

@@ -1,16 +1,19 @@
-"""Large checkpoints go straight to the S3 artifact store with multipart upload.
+"""Large checkpoints go straight to the checkpoint store: S3 with multipart upload, or a local folder.
 
 A ViT-G training checkpoint is several GB: streaming it through the MLflow server would time out
 and double the traffic. It is uploaded with boto3's managed transfer (parts of `chunk_mb`,
 `max_concurrency` in parallel) under a content-addressed key, and the model version records the
 URI and sha256. Same bytes -> same key, so a retried upload finds the object and skips the work.
 Credentials come from the standard AWS environment/config; boto3 is imported lazily.
+A `file://` store (the embedded default, under the work dir) keeps the same layout on disk, so
+the demo's checkpoints outlive the demo's servers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True)
 class CheckpointRef:
-    uri: str  # s3://bucket/key
+    uri: str  # s3://bucket/key or file:///path
     sha256: str
     bytes: int
 
@@ -73,8 +76,10 @@ def upload_checkpoint(
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     url = urlparse(dest_prefix)
+    if url.scheme == "file":
+        return _copy_to_folder(path, Path(url.path))
     if url.scheme != "s3" or not url.netloc:
-        raise CheckpointError(f"{dest_prefix}: checkpoint destination must be s3://bucket/prefix")
+        raise CheckpointError(f"{dest_prefix}: checkpoint destination must be s3://bucket/prefix or file:///folder")
     digest = sha256_file(path)
     size = path.stat().st_size
     key = "/".join(p for p in (url.path.strip("/"), digest[:16], path.name) if p)
@@ -99,13 +104,37 @@ def upload_checkpoint(
     return ref
 
 
+def _copy_to_folder(path: Path, root: Path) -> CheckpointRef:
+    """The file-store upload: `root/<sha256[:16]>/<name>`, written atomically, skipped when already there."""
+    from pluto.atomic import atomic_path
+
+    digest = sha256_file(path)
+    target = root / digest[:16] / path.name
+    ref = CheckpointRef(uri=target.resolve().as_uri(), sha256=digest, bytes=path.stat().st_size)
+    if target.is_file() and target.stat().st_size == ref.bytes and sha256_file(target) == digest:
+        log.info("checkpoint %s already at %s; copy skipped", path.name, ref.uri)
+        return ref
+    try:
+        with atomic_path(target) as tmp:
+            shutil.copyfile(path, tmp)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: copy to {ref.uri} failed ({exc})") from exc
+    log.info("checkpoint %s (%.1f MiB) stored at %s", path.name, ref.bytes / MIB, ref.uri)
+    return ref
+
+
 def download_checkpoint(ref: CheckpointRef, dest: Path, *, endpoint_url: str | None = None, region: str = "us-east-1") -> Path:
     """Fetch `ref` to `dest` and verify its sha256 (raises CheckpointError on mismatch)."""
     url = urlparse(ref.uri)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(dest.suffix + ".part")
-    s3_client(endpoint_url, region).download_file(url.netloc, url.path.lstrip("/"), str(tmp))
+    if url.scheme == "file":
+        if not Path(url.path).is_file():
+            raise CheckpointError(f"{ref.uri}: checkpoint not found in the file store")
+        shutil.copyfile(url.path, tmp)
+    else:
+        s3_client(endpoint_url, region).download_file(url.netloc, url.path.lstrip("/"), str(tmp))
     got = sha256_file(tmp)
     if got != ref.sha256:
         tmp.unlink()

@@ -1,9 +1,12 @@
-"""The whole `retrain` flow against real servers on 127.0.0.1 (Prefect harness, MLflow, moto S3).
+"""The whole `retrain` flow against real servers on 127.0.0.1 (Prefect harness, MLflow), on the
+embedded defaults: the DVC remote and the checkpoint store are file stores under the work dir (the
+S3 path is the faults story's, tests/faults/chain_story.py, against moto).
 
 Two runs on the same slides: the second takes ingest/QC/tiling from the Prefect cache, trains with
 a new seed and registers a second version. Then: the champion serves embeddings over REST, the
-data of version 1 comes back from the DVC remote into a fresh directory, and the MLflow UI page of
-the registered model, rendered by headless Chromium, lists both versions.
+data of version 1 comes back from the DVC remote into a fresh directory, the CLI in a new process
+(MLflow restarted on the same store, no credentials) checks out, promotes and rolls back, and the
+MLflow UI page of the registered model, rendered by headless Chromium, lists both versions.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ def cohort(tmp_path_factory, shared_data) -> Path:
     return src
 
 
-def _config(work: Path, src: Path, mlflow_url: str, s3_url: str, buckets: tuple[str, str]) -> dict:
+def _config(work: Path, src: Path, mlflow_url: str) -> dict:
     from pluto.ssl import ssl_preset
 
     ssl = {**asdict(ssl_preset("demo")), "global_crop_px": 48, "local_crop_px": 32, "n_local_crops": 2,
@@ -42,14 +45,12 @@ def _config(work: Path, src: Path, mlflow_url: str, s3_url: str, buckets: tuple[
     return {
         "paths": {"work_dir": str(work)},
         "mlflow": {"tracking_uri": mlflow_url, "experiment": "chain-retrain"},
-        "s3": {"endpoint_url": s3_url},
         "tiling": {"mpps": [0.5, 1.0], "tile_pxs": [112]},
         "train": {"arch": "pluto_tiny", "ssl": ssl, "steps": 4, "batch_per_gpu": 2, "global_batch": 2,
                   "precision": "fp32", "num_workers": 0, "ckpt_every": 2},
         "eval": {"preset": "quick", "baselines": False, "n_seeds": 2, "cache_dir": str(work / "embeddings")},
         "chain": {"ingest_prefix": str(src), "fanout_batch_slides": 1, "dask_workers": 2, "task_retries": 1,
-                  "retry_delay_s": 0.5, "dvc_remote": f"s3://{buckets[0]}/dvc",
-                  "checkpoint_store": f"s3://{buckets[1]}/ckpt"},
+                  "retry_delay_s": 0.5},
     }
 
 
@@ -64,18 +65,11 @@ def own_mlflow(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def two_runs(tmp_path_factory, cohort, own_mlflow, moto_server):
-    import boto3
+def two_runs(tmp_path_factory, cohort, own_mlflow):
     from prefect.testing.utilities import prefect_test_harness
 
-    for k, v in {"AWS_ACCESS_KEY_ID": "chain-test", "AWS_SECRET_ACCESS_KEY": "chain-test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        os.environ.setdefault(k, v)
-    buckets = ("chain-data", "chain-artifacts")
-    s3 = boto3.client("s3", endpoint_url=moto_server.url)
-    for b in buckets:
-        s3.create_bucket(Bucket=b)
     work = tmp_path_factory.mktemp("work")
-    config = _config(work, cohort, own_mlflow.url, moto_server.url, buckets)
+    config = _config(work, cohort, own_mlflow.url)
     from flows.retrain import retrain
 
     with prefect_test_harness(server_startup_timeout=240):
@@ -93,7 +87,8 @@ def test_second_run_reuses_data_stages_and_registers_a_new_version(two_runs):
     assert first["data"]["md5"] == second["data"]["md5"]
     v1, v2 = (r["stages"]["register"]["record"] for r in (first, second))
     assert (v1["name"], v1["version"], v2["version"]) == ("pluto-tiny", 1, 2)
-    assert v1["data_hash"] == first["data"]["md5"] and v1["checkpoint"]["uri"].startswith("s3://chain-artifacts/ckpt/")
+    store = (Path(two_runs[0]["paths"]["work_dir"]) / "stores" / "checkpoints").as_uri()
+    assert v1["data_hash"] == first["data"]["md5"] and v1["checkpoint"]["uri"].startswith(store + "/")
     assert first["stages"]["register"]["decision"]["promote"]  # first version: no champion yet
 
 
@@ -127,10 +122,40 @@ def test_data_of_version_1_pulls_into_a_fresh_directory(two_runs, tmp_path):
 
     config, _, _ = two_runs
     record = get_record(config["mlflow"]["tracking_uri"], "pluto-tiny", version=1)
-    checkout_data(tmp_path, record.data_hash, config["chain"]["dvc_remote"], config["s3"]["endpoint_url"])
+    remote = (Path(config["paths"]["work_dir"]) / "stores" / "dvc").as_uri()
+    checkout_data(tmp_path, record.data_hash, remote)
     work = Path(config["paths"]["work_dir"])
     assert table_hash(tmp_path / "catalog.parquet") == table_hash(work / "catalog.parquet")
     assert sorted(p.name for p in (tmp_path / "tiles").glob("part-*.parquet")) == sorted(p.name for p in (work / "tiles").glob("part-*.parquet"))
+
+
+def test_cli_in_a_new_process_checks_out_promotes_and_rolls_back_with_no_credentials(two_runs, own_mlflow, tmp_path):
+    """What a user does after the demo exits: MLflow started again on the same store, and the CLI with
+    only the work dir and the (test-chosen) MLflow port set: no AWS or MLflow credentials anywhere."""
+    from pluto.data_version import table_hash
+    from pluto.services import start_mlflow
+
+    config = two_runs[0]
+    work = Path(config["paths"]["work_dir"])
+    again = start_mlflow(own_mlflow.log_path.parent)  # start_mlflow logs into its store dir
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "PLUTO_"))}
+    env |= {"PLUTO_PATHS__WORK_DIR": str(work), "PLUTO_MLFLOW__TRACKING_URI": again.url}
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([str(Path(sys.executable).parent / "pluto"), *args], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    try:
+        before = table_hash(work / "catalog.parquet")
+        (work / "catalog.parquet").unlink()
+        assert "restored" in cli("data", "checkout", "--model-version", "1", "--model", "pluto-tiny")
+        assert table_hash(work / "catalog.parquet") == before
+        assert "-> v2" in cli("promote", "pluto-tiny", "2", "--why", "new shell")
+        assert "rollback" in cli("rollback", "pluto-tiny", "--why", "back")
+    finally:
+        again.stop()
 
 
 def test_champion_serves_embeddings_over_rest(two_runs, tmp_path):

@@ -70,12 +70,13 @@ def _config(work: Path, src: Path, mlflow_url: str, s3_url: str, buckets: tuple[
     """The demo settings shrunk to CI size: 2 slides, 112-px tiles, 10 steps of pluto_tiny on 48/32-px crops."""
     from flows.demo import demo_overrides
 
-    base = demo_overrides(work, mlflow_url, s3_url)
+    base = demo_overrides(work, mlflow_url)
     ssl = {**base["train"]["ssl"], "global_crop_px": 48, "local_crop_px": 32, "n_local_crops": 2, "head_hidden_dim": 64,
            "head_bottleneck_dim": 32, "n_prototypes": 256, "ibot_n_prototypes": 256, "koleo_weight": 0.0, "kde_weight": 0.05}
     return {
         **base,
         "mlflow": {"tracking_uri": mlflow_url, "experiment": "faults-story"},
+        "s3": {"endpoint_url": s3_url},
         "tiling": {"mpps": [0.5, 1.0], "tile_pxs": [112]},
         "train": {**base["train"], "ssl": ssl, "steps": STEPS, "batch_per_gpu": 2, "global_batch": 2, "ckpt_every": 2},
         "eval": {**base["eval"], "n_seeds": 2},
