@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("cls", "cls+mean", "patch_tokens")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+ARCH_INIT_SEED = 0  # an architecture name is drawn under this seed: the same command gives the same random encoder
 
 
 def resolve_model(spec: nn.Module | str | Path) -> nn.Module:
@@ -49,8 +50,11 @@ def resolve_model(spec: nn.Module | str | Path) -> nn.Module:
         return load_model(path)
     if text not in timm.list_models():
         raise PlutoError(f"{text}: neither a checkpoint directory, a models:/ URI nor a known architecture name")
-    log.warning("%s: architecture name given, using a RANDOM-INITIALISED encoder (a baseline, not a trained model)", text)
-    return timm.create_model(text, pretrained=False, num_classes=0)
+    log.warning("%s: architecture name given, using a RANDOM-INITIALISED encoder (seed %d; a baseline, not a trained model)",
+                text, ARCH_INIT_SEED)
+    with torch.random.fork_rng(devices=[]):  # seeded on the CPU generator, the caller's RNG state left as it was
+        torch.default_generator.manual_seed(ARCH_INIT_SEED)
+        return timm.create_model(text, pretrained=False, num_classes=0)
 
 
 def model_id(model: nn.Module) -> str:
