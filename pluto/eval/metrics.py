@@ -28,15 +28,16 @@ def pearson_per_column(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
         return np.where(denom > 0, (a * b).sum(0) / denom, np.nan)
 
 
-def dice_without_background(pred: torch.Tensor, target: torch.Tensor, n_classes: int) -> float:
+def dice_without_background(pred: torch.Tensor, target: torch.Tensor, n_classes: int, ignore_index: int | None = None) -> float:
     """eva's headline segmentation metric (CoNSeP/MoNuSAC): MONAI dice per image and foreground class,
     classes absent from an image's target skipped (`ignore_empty`; predicting them there costs
     nothing), then averaged.
 
-    Integer label maps (B, H, W); needs kaiko-eva[vision] (MONAI).
+    Integer label maps (B, H, W); `ignore_index` drops that class's channel (MoNuSAC's "Ambiguous", as
+    eva's monusac.yaml). Needs kaiko-eva[vision] (MONAI).
     """
     from eva.vision.metrics.segmentation import MonaiDiceScore
 
-    metric = MonaiDiceScore(num_classes=n_classes, include_background=False, ignore_empty=True)
+    metric = MonaiDiceScore(num_classes=n_classes, include_background=False, ignore_empty=True, ignore_index=ignore_index)
     metric.update(torch.as_tensor(pred).long(), torch.as_tensor(target).long())
     return float(metric.compute())
