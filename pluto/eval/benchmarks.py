@@ -27,6 +27,14 @@ from pluto.eval.labeled import DatasetLayoutError, LabeledImages, inside, requir
 
 log = logging.getLogger(__name__)
 
+# The split eva reports per benchmark: "results are reported on the 'test' split if available and otherwise
+# on the 'validation' split" (eva 0.4.5 docs/leaderboards.md), i.e. the split of the config's `test` dataset,
+# else of its `val` one (tied to the vendored eva_configs by tests/eval/test_datasets.py). A suite task
+# that names no split scores this one (TaskConfig), and published numbers need it (published.py).
+EVA_REPORTED_SPLIT = {"bach": "val", "bracs": "test", "breakhis": "val", "crc": "val", "gleason_arvaniti": "val",
+                      "mhist": "test", "pcam": "test", "panda": "test", "panda_small": "test", "camelyon16_small": "test",
+                      "consep": "val", "monusac": "test"}
+
 
 def eva_dataset_class(name: str) -> type:
     """A class of `eva.vision.data.datasets`, or a clear error when kaiko-eva[vision] is not installed."""

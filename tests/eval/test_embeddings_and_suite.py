@@ -113,17 +113,6 @@ def test_run_suite_from_a_checkpoint_dir_and_report(fixed_tiny, tmp_path, make_i
     assert saved["baselines"]["mean_rgb"][0]["mean"] > 0.9 and out.score == pytest.approx(cls.mean)
 
 
-def test_published_numbers_only_for_matching_protocol():
-    from pluto.eval.published import published_for
-
-    assert published_for("bach", "cls", "linear_probe/eva")["PLUTO-4G"] == pytest.approx(0.938)
-    assert published_for("bach", "cls", "linear_probe/quick") == {}
-    assert published_for("crc", "cls+mean", "linear_probe/eva")["Midnight-92k"] == pytest.approx(0.967)
-    assert published_for("monusac", "patch_tokens", "segmentation/eva")["Midnight-92k"] == pytest.approx(0.656)
-    # the papers' PANDA-Small and nine-task HEST mean match nothing we compute: never shown
-    assert published_for("panda", "cls", "abmil/eva") == {} and published_for("hest", "cls", "hest_ridge") == {}
-
-
 def test_cli_evaluate_prints_balanced_accuracy(tmp_path, make_images, monkeypatch):
     from typer.testing import CliRunner
 
