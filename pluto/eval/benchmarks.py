@@ -302,8 +302,8 @@ CONSEP_CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle-
 def load_consep(root: Path) -> SegmentationSet:
     """`{Train,Test}/Images/*.png` + `{Train,Test}/Labels/<name>.mat`; Train = train, Test = val (as eva).
 
-    eva samples up to 25 foreground patches of 250 px at 0.25 um/px per image and merges the
-    classes (3&4 -> epithelial, 5-7 -> spindle-shaped).
+    As eva's consep.yaml: every 250-px patch of a grid at 0.25 um/px (`GridSampler()`; the class's
+    default would sample 25 foreground patches), classes merged (3&4 -> epithelial, 5-7 -> spindle-shaped).
     """
     root = Path(root)
     require(root, "Train/Images", "Train/Labels", "Test/Images", "Test/Labels")
@@ -313,7 +313,9 @@ def load_consep(root: Path) -> SegmentationSet:
                 raise DatasetLayoutError(f"{p}: CoNSeP image names in {folder}/Images start with '{folder.lower()}_'")
             if not (root / folder / "Labels" / f"{p.stem}.mat").is_file():
                 raise DatasetLayoutError(f"{p}: label file {folder}/Labels/{p.stem}.mat missing")
-    return _segmentation("consep", root, "CoNSeP", ("train", "val"))
+    from eva.vision.data.wsi.patching.samplers import GridSampler
+
+    return _segmentation("consep", root, "CoNSeP", ("train", "val"), sampler=GridSampler())
 
 
 MONUSAC_CLASSES = ("Background", "Epithelial", "Lymphocyte", "Neutrophil", "Macrophage", "Ambiguous")
