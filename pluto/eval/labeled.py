@@ -2,11 +2,14 @@
 
 labels.csv columns: filename (relative to the images folder), label, optional split
 (train / val / test, empty = none). A set without splits is evaluated with stratified folds.
+Every set a linear probe scores passes `check_evaluable` first: a degenerate set is an error that
+shows each class's counts, never a silent 0.000.
 """
 
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from pluto.errors import PlutoError
 from pluto.paths import PathEscapeError, safe_join
 
 SPLITS = ("train", "val", "test")
+MIN_PER_CLASS = 2  # one item to learn a class from and one to score it on
 
 
 class DatasetLayoutError(PlutoError):
@@ -71,7 +75,40 @@ def check_train_covers(labels: tuple[str, ...], splits: tuple[str, ...], where: 
     unseen = {s: sorted({lab for lab, sp in zip(labels, splits) if sp == s} - train) for s in SPLITS[1:]}
     unseen = {s: c for s, c in unseen.items() if c}
     if train and unseen:
-        raise DatasetLayoutError(f"{where}: class(es) with no train item: " + "; ".join(f"{s} has {c}" for s, c in unseen.items()))
+        raise DatasetLayoutError(f"{where}: class(es) with no train item: " + "; ".join(f"{s} has {c}" for s, c in unseen.items())
+                                 + "\n" + count_table(labels, splits))
+
+
+def count_table(labels, splits=None) -> str:
+    """Items per class, per split and in total, one aligned line per class (what a degenerate-set error shows)."""
+    total = Counter(labels)
+    per_split = Counter(zip(labels, splits)) if splits is not None else Counter()
+    cols = [s for s in SPLITS if any(k[1] == s for k in per_split)]
+    rows = [["class", *cols, "total"]] + [[c, *(str(per_split[(c, s)]) for s in cols), str(n)] for c, n in sorted(total.items())]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+                     for r in rows)
+
+
+def check_evaluable(labels, splits, where: str) -> None:
+    """Raise, with every class's counts, when a probe score on this set would mean nothing: fewer than
+    2 classes, a class with fewer than MIN_PER_CLASS items (nothing to both train and score it on),
+    or, with splits, a class in one split only (never in train: the probe cannot predict it; only
+    in train: it is never scored). `labels`: class names per item; `splits`: per item, or None for folds."""
+    total = Counter(labels)
+    problems = [] if len(total) >= 2 else [f"{len(total)} class(es) in total {sorted(total)}: a classifier needs at least 2"]
+    few = sorted(c for c, n in total.items() if n < MIN_PER_CLASS)
+    problems += [f"class(es) with fewer than {MIN_PER_CLASS} images: {few}"] if few else []
+    if splits is not None:
+        seen: dict[str, set[str]] = {}
+        for lab, s in zip(labels, splits):
+            seen.setdefault(lab, set()).add(s)
+        no_train = sorted(c for c, s in seen.items() if "train" not in s)
+        train_only = sorted(c for c, s in seen.items() if s == {"train"})
+        problems += [f"class(es) in no train item: {no_train}"] if no_train else []
+        problems += [f"class(es) only in train, never scored (no val/test item): {train_only}"] if train_only else []
+    if problems:
+        raise DatasetLayoutError(f"{where}: degenerate labelled set: {'; '.join(problems)}\n{count_table(labels, splits)}")
 
 
 def require(root: Path, *relative: str) -> None:

@@ -26,7 +26,7 @@ from pluto.eval.benchmarks import ADAPTERS, EvaImageSet
 from pluto.eval.eval_config import EvalConfig
 from pluto.eval.embeddings import input_px, model_id, resolve_model, patch_size_of
 from pluto.eval.images import ArrayImages, ImageFiles
-from pluto.eval.labeled import DatasetLayoutError, LabeledImages, check_classes, read_labels_csv
+from pluto.eval.labeled import DatasetLayoutError, LabeledImages, check_classes, check_evaluable, read_labels_csv
 from pluto.eval.linear_probe import PROBE_PRESETS, ProbeProtocol, cross_validated_probe, fit_linear_probe
 from pluto.eval.records import EvalRecord, SuiteResult, suite_score
 from pluto.eval.report import write_report
@@ -82,21 +82,31 @@ class _TaskData:
     y: np.ndarray
     splits: np.ndarray | None
     groups: np.ndarray | None
+    classes: tuple[str, ...]  # names of the label ids in y
 
 
 def _load_task(task: TaskConfig, px: int) -> _TaskData:
+    """The task's images and labels, refused (with its class counts) when degenerate for the way it is scored."""
+    data = _task_data(task, px)
+    splits = data.splits if data.splits is not None and task.split != "cv" else None
+    check_evaluable(np.asarray(data.classes)[data.y].tolist(), None if splits is None else splits.tolist(),
+                    f"task {task.name} ({task.labels_csv or task.root})")
+    return data
+
+
+def _task_data(task: TaskConfig, px: int) -> _TaskData:
     if task.dataset == "resolution":
-        from pluto.eval.derived import resolution_set
+        from pluto.eval.derived import RESOLUTION_MPPS, resolution_set
 
         images, y, regions = resolution_set(Path(task.root), tile_px=px)
-        return _TaskData(ArrayImages(images, px), y, None, regions)
+        return _TaskData(ArrayImages(images, px), y, None, regions, tuple(f"{m:g} um/px" for m in RESOLUTION_MPPS))
     if task.dataset == "qc_labels":
         from pluto.eval.derived import bundled_qc_label_set
 
         qc_set = bundled_qc_label_set(Path(task.root), Path(task.labels_csv) if task.labels_csv else None, tile_px=px)
         if task.classes:
             check_classes(set(qc_set.classes), task.classes, f"task {task.name}")
-        return _TaskData(ArrayImages(qc_set.images, px), qc_set.labels, qc_set.splits, None)
+        return _TaskData(ArrayImages(qc_set.images, px), qc_set.labels, qc_set.splits, None, qc_set.classes)
     if task.dataset == "folder":
         if not task.labels_csv:
             raise DatasetLayoutError(f"task {task.name}: the folder adapter needs labels_csv")
@@ -104,7 +114,7 @@ def _load_task(task: TaskConfig, px: int) -> _TaskData:
     elif task.dataset in ADAPTERS:
         labeled = ADAPTERS[task.dataset](Path(task.root))
         if isinstance(labeled, EvaImageSet):
-            return _TaskData(labeled.dataset(px), labeled.label_ids, np.array(labeled.splits), None)
+            return _TaskData(labeled.dataset(px), labeled.label_ids, np.array(labeled.splits), None, labeled.classes)
         if not isinstance(labeled, LabeledImages):
             raise DatasetLayoutError(f"task {task.name}: {task.dataset} is not a linear-probe image set; "
                                      "use protocol abmil / segmentation / hest_ridge")
@@ -114,7 +124,7 @@ def _load_task(task: TaskConfig, px: int) -> _TaskData:
         raise DatasetLayoutError(f"task {task.name}: unknown dataset {task.dataset!r}; one of folder, resolution, qc_labels, {sorted(ADAPTERS)}")
     splits = np.array(labeled.splits) if labeled.splits else None
     groups = np.array(labeled.groups) if labeled.groups else None
-    return _TaskData(ImageFiles(labeled.paths, px), labeled.label_ids, splits, groups)
+    return _TaskData(ImageFiles(labeled.paths, px), labeled.label_ids, splits, groups, labeled.classes)
 
 
 def probe_values(x: np.ndarray, data: _TaskData, task: TaskConfig, cfg: EvalConfig) -> tuple[float, ...]:

@@ -4,6 +4,7 @@ silently wrong), labels outside or missing from the declared class list, unknown
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -40,14 +41,15 @@ def test_consistent_set_loads(images: Path, tmp_path: Path) -> None:
 def test_train_class_absent_from_test_is_allowed(images: Path, tmp_path: Path) -> None:
     rows = BASE + [("4.png", "stroma", "train")]
     ds = read_labels_csv(images, _labels(tmp_path, rows))
-    assert ds.classes == ("normal", "stroma", "tumor")  # scored on the classes test has (balanced accuracy)
+    assert ds.classes == ("normal", "stroma", "tumor")  # a valid layout; scoring it is refused (test_degenerate_sets)
 
 
 @pytest.mark.parametrize("split", ["test", "val"])
 def test_eval_class_absent_from_train_is_an_error_naming_it(images: Path, tmp_path: Path, split: str) -> None:
     rows = BASE + [("4.png", "stroma", split), ("5.png", "necrosis", split)]
-    with pytest.raises(DatasetLayoutError, match=rf"class\(es\) with no train item: {split} has \['necrosis', 'stroma'\]"):
+    with pytest.raises(DatasetLayoutError, match=rf"class\(es\) with no train item: {split} has \['necrosis', 'stroma'\]") as exc:
         read_labels_csv(images, _labels(tmp_path, rows))
+    assert re.search(r"\n  class +train .*\n  necrosis +0 ", str(exc.value))  # with every class's count per split
 
 
 def test_adapters_building_split_sets_get_the_same_check(images: Path) -> None:
