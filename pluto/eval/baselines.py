@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from pluto.errors import PlutoError
+
 RANDOM_INIT_SEED = 0
 
 
@@ -23,17 +25,23 @@ def mean_rgb_features(dataset: Dataset) -> np.ndarray:
 
 
 def random_init_twin(model: nn.Module, seed: int = RANDOM_INIT_SEED) -> nn.Module:
-    """Same architecture, weights re-drawn by the model's own initialisers under a fixed seed."""
-    twin = copy.deepcopy(model)
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        init = getattr(twin, "init_weights", None) or getattr(twin, "_init_weights", None)
-        if callable(init):
-            init()
+    """Same architecture and pretrained_cfg, every parameter re-drawn on the CPU generator under `seed`:
+    torch's per-layer defaults first, then the model's own scheme on top (timm's `init_weights`, PLUTO's
+    `_init_weights`), as at construction. On the CPU so the twin is the same whatever device `model` is
+    on; the caller's RNG state is left as it was. Parameters are NaN-filled first, so one that no
+    initialiser covers is an error instead of a trained value carried over into the "random" baseline."""
+    twin = copy.deepcopy(model).cpu()
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        for p in twin.parameters():
+            p.fill_(float("nan"))
+        torch.default_generator.manual_seed(seed)
         for m in twin.modules():
-            if hasattr(m, "reset_parameters") and m is not twin:
+            if m is not twin and callable(getattr(m, "reset_parameters", None)):
                 m.reset_parameters()
-    finally:
-        torch.random.set_rng_state(gen_state)
+        own = getattr(twin, "init_weights", None) or getattr(twin, "_init_weights", None)
+        if callable(own):
+            own()
+    left = [name for name, p in twin.named_parameters() if torch.isnan(p).any()]
+    if left:
+        raise PlutoError(f"random-init twin of {type(model).__name__}: no initialiser re-draws {left}")
     return twin

@@ -120,6 +120,7 @@ class PlutoViT(nn.Module):
         nn.init.normal_(self.cls_token, std=1e-6)
         if self.reg_token is not None:
             nn.init.normal_(self.reg_token, std=1e-6)
+        nn.init.zeros_(self.mask_token)  # no draw: construction is unchanged, and a re-init (random-init twin) covers it
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 trunc_normal_(m.weight, std=0.02)

@@ -135,3 +135,45 @@ def test_missing_images_folder_is_a_clear_error(tmp_path):
     (tmp_path / "labels.csv").write_text("filename,label\na.png,x\n")
     with pytest.raises(DatasetLayoutError, match="dataset folder not found"):
         evaluate_folder("pluto_tiny", tmp_path / "missing", tmp_path / "labels.csv", tmp_path / "out", EvalConfig())
+
+
+def test_random_init_twin_redraws_every_parameter_deterministically(fixed_tiny):
+    """Two twins of models with different weights are bit-identical (nothing of the source survives, nothing
+    unseeded), and differ from a trained (here: perturbed) model in every parameter a draw initialises."""
+    import copy
+
+    from pluto.eval.baselines import random_init_twin
+
+    trained = copy.deepcopy(fixed_tiny)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+    state = torch.random.get_rng_state()
+    a, b = random_init_twin(fixed_tiny).state_dict(), random_init_twin(trained).state_dict()
+    assert torch.equal(state, torch.random.get_rng_state())  # the caller's RNG is untouched
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    drawn = [k for k, v in trained.state_dict().items() if k in dict(trained.named_parameters())]
+    assert all(not torch.equal(a[k], trained.state_dict()[k]) for k in drawn)
+    assert a["blocks.0.mlp.fc1.weight"].std().item() == pytest.approx(0.02, rel=0.1)  # the model's own init (trunc normal 0.02)
+
+
+def test_random_init_twin_refuses_a_parameter_no_initialiser_covers(fixed_tiny):
+    from pluto.errors import PlutoError
+    from pluto.eval.baselines import random_init_twin
+
+    class Extra(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(2, 2)
+            self.scale = torch.nn.Parameter(torch.ones(2))
+
+    with pytest.raises(PlutoError, match=r"no initialiser re-draws \['scale'\]"):
+        random_init_twin(Extra())
+
+
+def test_architecture_name_resolves_to_the_same_encoder_every_time(fixed_tiny):
+    from pluto.eval.embeddings import resolve_model
+
+    state = torch.random.get_rng_state()
+    assert model_id(resolve_model("pluto_tiny")) == model_id(resolve_model("pluto_tiny")) == model_id(fixed_tiny)
+    assert torch.equal(state, torch.random.get_rng_state())
