@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pluto.eval.images import files_fingerprint, resize_chw
+from pluto.eval.images import files_fingerprint, resize_and_crop
 from pluto.eval.labeled import DatasetLayoutError, LabeledImages, inside, require
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ class EvaImages(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         k = int(np.searchsorted(self.offsets, i, side="right") - 1)
         chw = self.parts[k].load_data(i - int(self.offsets[k]))
-        return resize_chw(np.asarray(chw).transpose(1, 2, 0), self.input_px)
+        return resize_and_crop(np.asarray(chw).transpose(1, 2, 0), self.input_px)
 
     @property
     def fingerprint(self) -> str:

@@ -3,8 +3,8 @@
 Modes (PLUTO-4 §4.1 and Table 2/3; Midnight Fig. 1B): "cls" = the CLS token; "cls+mean" = CLS
 concatenated with the mean of the patch tokens (register tokens excluded); "patch_tokens" = the
 patch-token grid (N, D, h, w) that segmentation decoders consume. Embeddings are cached under
-`cache_dir` keyed by (weights sha256, data fingerprint, mode, patch size, input px), written once
-(atomic rename) and reused.
+`cache_dir` keyed by everything that decides the numbers (`cache_key`), written once (atomic
+rename) and reused.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pluto.atomic import write_with
 from pluto.errors import CheckpointError, PlutoError
+from pluto.eval.images import DIGEST_MEMO, TRANSFORM, digest_memo
 from pluto.models import embed, load_model
 
 log = logging.getLogger(__name__)
@@ -111,9 +112,29 @@ def embed_batch(model: nn.Module, x: torch.Tensor, mode: str, patch_size: int) -
     return patches.transpose(1, 2).reshape(b, d, side, side)
 
 
-def cache_key(mid: str, fingerprint: str, mode: str, patch_size: int, px: int) -> str:
-    blob = json.dumps({"model": mid, "data": fingerprint, "mode": mode, "patch_size": patch_size, "input_px": px}, sort_keys=True)
+def precision(device: torch.device) -> str:
+    """The arithmetic the encoder runs in: bf16 autocast on CUDA, fp32 elsewhere (embeddings differ at ~1e-2)."""
+    return "bf16-autocast" if device.type == "cuda" else "fp32"
+
+
+def cache_key(mid: str, fingerprint: str, mode: str, patch_size: int, px: int, *, mean: tuple[float, ...],
+              std: tuple[float, ...], transform: str, precision: str) -> str:
+    """Key of one cached embedding array: every input that changes its numbers. The weights (`model_id`),
+    the data (`fingerprint`: content of the files), the pixels' geometry (`images.TRANSFORM`, renamed
+    whenever the resize changes), the normalisation the model's pretrained_cfg gives, the precision,
+    the embedding mode, patch size and input px."""
+    blob = json.dumps({"model": mid, "data": fingerprint, "mode": mode, "patch_size": patch_size, "input_px": px,
+                       "mean": [float(v) for v in mean], "std": [float(v) for v in std], "transform": transform,
+                       "precision": precision}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _cache_file(model: nn.Module, dataset: Dataset, mode: str, ps: int, px: int, dev: torch.device, cache_dir: Path) -> Path:
+    with digest_memo(Path(cache_dir) / DIGEST_MEMO):  # file digests hashed once per file version, across runs
+        fingerprint = dataset.fingerprint
+    mean, std = _norm_stats(model)
+    key = cache_key(model_id(model), fingerprint, mode, ps, px, mean=mean, std=std, transform=TRANSFORM, precision=precision(dev))
+    return Path(cache_dir) / f"emb-{key}.npy"
 
 
 def extract_embeddings(
@@ -138,20 +159,19 @@ def extract_embeddings(
     model = resolve_model(model)
     ps = patch_size_of(model, patch_size)
     px = input_px(model)
+    dev = torch.device(device)
     cache_file = None
     if cache_dir is not None and hasattr(dataset, "fingerprint"):
-        key = cache_key(model_id(model), dataset.fingerprint, mode, ps, px)
-        cache_file = Path(cache_dir) / f"emb-{key}.npy"
+        cache_file = _cache_file(model, dataset, mode, ps, px, dev, cache_dir)
         if cache_file.is_file():
             log.info("embeddings: cache hit %s", cache_file.name)
             return np.load(cache_file)
-    dev = torch.device(device)
     model = model.eval().to(dev)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=dev.type == "cuda", persistent_workers=False,
                         prefetch_factor=4 if num_workers > 0 else None)
     chunks, done = [], 0
-    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+    with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision(dev) == "bf16-autocast"):
         for batch in loader:
             x = normalise(model, batch.to(dev, non_blocking=True))
             emb = embed_batch(model, x, mode, ps)

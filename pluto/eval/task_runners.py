@@ -19,7 +19,7 @@ from pluto.eval.benchmarks import ADAPTERS, LabeledSlides, SegmentationSet
 from pluto.eval.embeddings import extract_embeddings, input_px, model_id, normalise, patch_size_of
 from pluto.eval.eval_config import EvalConfig
 from pluto.eval.hest import hest_fold_pearson
-from pluto.eval.images import ArrayImages, SlideTiles, resize_chw
+from pluto.eval.images import ArrayImages, SlideTiles, resize_and_crop, resize_and_crop_mask
 from pluto.eval.labeled import DatasetLayoutError
 from pluto.eval.linear_probe import pooled_out_of_fold
 from pluto.eval.records import EvalRecord
@@ -104,11 +104,6 @@ def run_abmil(model: nn.Module, task: TaskConfig, cfg: EvalConfig, on_progress: 
     return records
 
 
-def _resize_mask(mask: np.ndarray, px: int) -> np.ndarray:
-    m = torch.as_tensor(mask, dtype=torch.float32)[None, None]
-    return nn.functional.interpolate(m, size=(px, px), mode="nearest")[0, 0].long().numpy()
-
-
 def run_segmentation(model: nn.Module, task: TaskConfig, cfg: EvalConfig, on_progress: Progress = None) -> list[EvalRecord]:
     """eva's ConvDecoderWithImage on frozen patch tokens; images and masks resized to the encoder's input size."""
     protocol = preset(SEG_PRESETS, cfg, "segmentation")
@@ -118,8 +113,8 @@ def run_segmentation(model: nn.Module, task: TaskConfig, cfg: EvalConfig, on_pro
         raise DatasetLayoutError(f"task {task.name}: protocol segmentation needs consep or monusac, not {task.dataset!r}")
     px = input_px(model)
     items = [seg.read(i) for i in range(len(seg.splits))]
-    chw = torch.stack([resize_chw(rgb, px) for rgb, _ in items])
-    masks = np.stack([_resize_mask(m, px) for _, m in items])
+    chw = torch.stack([resize_and_crop(rgb, px) for rgb, _ in items])
+    masks = np.stack([resize_and_crop_mask(m, px) for _, m in items])
     tokens = embed(model, ArrayImages(chw.permute(0, 2, 3, 1).numpy(), px), "patch_tokens", cfg, on_progress)
     images = normalise(model, chw).numpy()
     tr, _, te = split_masks(np.array(seg.splits), task)

@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
+from pluto.errors import PlutoError
 from pluto.eval.embeddings import extract_embeddings, input_px, model_id
 from pluto.eval.images import ArrayImages, SlideTiles
 from pluto.eval.linear_probe import QUICK_PROBE, cross_validated_probe
@@ -40,6 +42,87 @@ def test_model_id_changes_with_weights(fixed_tiny):
     with torch.no_grad():
         next(other.parameters()).add_(1e-3)
     assert model_id(other) != model_id(fixed_tiny)
+
+
+def test_every_cache_key_ingredient_changes_the_key():
+    from pluto.eval.embeddings import cache_key, precision
+    from pluto.eval.images import TRANSFORM
+
+    base = dict(mid="m", fingerprint="f", mode="cls", patch_size=16, px=224, mean=(0.485, 0.456, 0.406),
+                std=(0.229, 0.224, 0.225), transform=TRANSFORM, precision=precision(torch.device("cpu")))
+    changed = dict(mid="m2", fingerprint="f2", mode="cls+mean", patch_size=8, px=112, mean=(0.5, 0.5, 0.5),
+                   std=(0.5, 0.5, 0.5), transform="squash/v0", precision=precision(torch.device("cuda")))
+    keys = {cache_key(**base)} | {cache_key(**(base | {k: v})) for k, v in changed.items()}
+    assert len(keys) == 1 + len(changed) and cache_key(**base) == cache_key(**dict(base))
+    assert precision(torch.device("cuda")) == "bf16-autocast" and precision(torch.device("cpu")) == "fp32"
+
+
+def _rewrite_keeping_size_and_mtime(path, data: bytes) -> None:
+    """Replace a file's bytes as `rsync -a` / `cp -p` of another version would: same size, old mtime."""
+    import os
+
+    st = path.stat()
+    assert len(data) == st.st_size
+    path.write_bytes(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_image_files_cache_hits_when_unchanged_and_misses_on_content_norm_or_replacement(fixed_tiny, tmp_path):
+    import copy
+
+    from pluto.eval.images import ImageFiles
+
+    rng = np.random.default_rng(0)
+    paths = [tmp_path / f"img{i}.bmp" for i in range(3)]  # BMP: same size for any pixels
+    for p in paths:
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(p)
+    cache = tmp_path / "cache"
+    ds = ImageFiles(paths, input_px(fixed_tiny))
+    first = extract_embeddings(fixed_tiny, ds, "cls", 4, cache_dir=cache)
+    (cached,) = cache.glob("emb-*.npy")
+    assert (cache / "file-sha256.json").is_file()  # the digest memo for the next process
+    stamp = cached.stat().st_mtime_ns
+    assert np.array_equal(extract_embeddings(fixed_tiny, ImageFiles(paths, input_px(fixed_tiny)), "cls", 4, cache_dir=cache), first)
+    assert cached.stat().st_mtime_ns == stamp and len(list(cache.glob("emb-*.npy"))) == 1  # a hit
+
+    other_norm = copy.deepcopy(fixed_tiny)
+    other_norm.pretrained_cfg = {**fixed_tiny.pretrained_cfg, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    extract_embeddings(other_norm, ds, "cls", 4, cache_dir=cache)
+    assert len(list(cache.glob("emb-*.npy"))) == 2  # normalisation is part of the key
+
+    replacement = tmp_path / "other.bmp"
+    Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(replacement)
+    _rewrite_keeping_size_and_mtime(paths[1], replacement.read_bytes())
+    again = extract_embeddings(fixed_tiny, ImageFiles(paths, input_px(fixed_tiny)), "cls", 4, cache_dir=cache)
+    assert len(list(cache.glob("emb-*.npy"))) == 3 and not np.array_equal(again[1], first[1])
+    assert np.array_equal(again[[0, 2]], first[[0, 2]])
+
+
+def test_slide_digest_is_content_memoised_per_file_version(tmp_path, monkeypatch):
+    """A slide replaced at the same path (same size and mtime) changes SlideTiles' fingerprint; an unchanged
+    slide is hashed once, and a later process reads its digest from the on-disk memo instead of re-hashing."""
+    import hashlib
+
+    from pluto.eval import images
+
+    slide = tmp_path / "a.svs"
+    slide.write_bytes(b"A" * 4096)
+    manifest = pd.DataFrame({"path": [str(slide)] * 2, "x_l0": [0, 64], "y_l0": [0, 0], "mpp": [1.0, 1.0], "tile_px": [64, 64]})
+    calls = []
+    monkeypatch.setattr(images, "_DIGESTS", {})
+    real = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda fh, name: calls.append(fh.name) or real(fh, name))
+    memo = tmp_path / "memo.json"
+    with images.digest_memo(memo):
+        before = SlideTiles(manifest, 64).fingerprint
+        assert SlideTiles(manifest, 64).fingerprint == before and calls == [str(slide)]  # one hash for both rows and lookups
+    monkeypatch.setattr(images, "_DIGESTS", {})  # a new process
+    with images.digest_memo(memo):
+        assert SlideTiles(manifest, 64).fingerprint == before and len(calls) == 1
+    _rewrite_keeping_size_and_mtime(slide, b"B" * 4096)
+    assert SlideTiles(manifest, 64).fingerprint != before and len(calls) == 2
+    with pytest.raises(PlutoError, match="missing.svs: file not found"):
+        _ = SlideTiles(manifest.assign(path=str(tmp_path / "missing.svs")), 64).fingerprint
 
 
 def test_probe_on_real_crc_beats_chance_and_repeats(crc_cls, crc_labeled):
