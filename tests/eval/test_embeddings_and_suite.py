@@ -190,7 +190,7 @@ def test_run_suite_from_a_checkpoint_dir_and_report(fixed_tiny, tmp_path, make_i
     files = {p.name for p in (tmp_path / "out").iterdir()}
     assert files == {"results.csv", "results.html", "results.png", "records.json"}
     table = pd.read_csv(tmp_path / "out" / "results.csv")
-    assert {"model cls", "champion cls", "baseline mean_rgb", "baseline random_init"} <= set(table.columns)
+    assert {"model cls", "champion cls", "baseline mean-RGB", "baseline random-init twin"} <= set(table.columns)
     assert (tmp_path / "out" / "results.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((tmp_path / "out" / "records.json").read_text())
     assert saved["baselines"]["mean_rgb"][0]["mean"] > 0.9 and out.score == pytest.approx(cls.mean)
