@@ -4,16 +4,26 @@ kaiko-eva (`eva.vision.data.datasets`, imported lazily: pluto.eval imports with 
 membership, labels and splits, so our numbers use EVA's splits: BACH's patient-aware ranges,
 BreakHis' validation patients, Gleason's microarray split, CoNSeP's patch sampling, MoNuSAC's
 polygon rasterisation. Each adapter first checks the layout and raises `DatasetLayoutError`
-naming what is missing; eva's own integrity check (the full benchmark's item counts) only warns,
-so a partial copy still runs but is logged as not comparable to published numbers. PANDA keeps
-its own reader (eva's class downloads its label table at construction) with eva's stratified split;
-HEST has no eva class and is read in hest_data.py.
+naming what is missing. A partial copy still runs, but the returned set says so: its `incomplete`
+is why it is not the complete benchmark ("1,203 of 6,000 images (train)": eva's own integrity
+check, `validate()`, failed; PANDA: the same counts eva's PANDA class checks), None when complete.
+The suite copies it into `EvalRecord.extra["incomplete"]`, and published.py shows no published
+number beside an incomplete copy.
+
+Slide-level sets (PANDA, PANDA-Small, Camelyon16 and its small variant) carry their tiles as eva's
+config samples them: eva's own `ForegroundGridSampler` (max_samples = the task's pad_size, seed 42)
+at the config's resolution, so a bag holds the very tiles eva would embed (not the project's
+tissue_grid, whose tissue test and sampling differ). PANDA keeps its own reader (eva's class
+downloads its label table at construction) with eva's stratified split; Camelyon16 uses eva's
+class for labels and its file-count check. HEST has no eva class and is read in hest_data.py.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -32,8 +42,8 @@ log = logging.getLogger(__name__)
 # else of its `val` one (tied to the vendored eva_configs by tests/eval/test_datasets.py). A suite task
 # that names no split scores this one (TaskConfig), and published numbers need it (published.py).
 EVA_REPORTED_SPLIT = {"bach": "val", "bracs": "test", "breakhis": "val", "crc": "val", "gleason_arvaniti": "val",
-                      "mhist": "test", "pcam": "test", "panda": "test", "panda_small": "test", "camelyon16_small": "test",
-                      "consep": "val", "monusac": "test"}
+                      "mhist": "test", "pcam": "test", "panda": "test", "panda_small": "test", "camelyon16": "test",
+                      "camelyon16_small": "test", "consep": "val", "monusac": "test"}
 
 
 def eva_dataset_class(name: str) -> type:
@@ -45,29 +55,52 @@ def eva_dataset_class(name: str) -> type:
     return getattr(datasets, name)
 
 
-def _eva_split(cls_name: str, root: Path, split: str | None, **kwargs: Any):
-    """An eva dataset for one split, prepared and configured; eva's full-size integrity check only warns."""
+def _shortfall(message: str, split: str | None, unit: str) -> str:
+    """eva's integrity-check message as a short reason: "32 of 7,180 images (val)", else its first sentence."""
+    m = re.search(r"length \((\d+)\) does not match the expected one \((\d+)\)", message)
+    found_expected = (m[1], m[2]) if m else None
+    m = None if m else re.search(r"Expected (\d+) \w+\W.*?found (\d+)", message)
+    found_expected = (m[2], m[1]) if m else found_expected
+    where = f" ({split})" if split else ""
+    if found_expected is None:
+        return message.split(". ")[0] + where
+    return f"{int(found_expected[0]):,} of {int(found_expected[1]):,} {unit}{where}"
+
+
+def _validated(ds, cls_name: str, root: Path, split: str | None, unit: str = "images") -> str | None:
+    """eva's own integrity check (the full benchmark's counts): None when it passes, else the short reason."""
+    try:
+        ds.validate()
+    except ValueError as exc:
+        log.warning("%s split %s at %s is not the complete benchmark (%s): numbers are not comparable to published ones",
+                    cls_name, split, root, exc)
+        return _shortfall(str(exc), split, unit)
+    return None
+
+
+def _joined(reasons) -> str | None:
+    return "; ".join(r for r in reasons if r) or None
+
+
+def _eva_split(cls_name: str, root: Path, split: str | None, **kwargs: Any) -> tuple[Any, str | None]:
+    """An eva dataset for one split, prepared and configured, and why it is not the complete benchmark (or None)."""
     ds = eva_dataset_class(cls_name)(root=str(root), split=split, **kwargs)
     try:
         ds.prepare_data()
         ds.configure()
     except (FileNotFoundError, ValueError, KeyError) as exc:
         raise DatasetLayoutError(f"{root}: {cls_name} split {split!r}: {exc}") from exc
-    try:
-        ds.validate()
-    except ValueError as exc:
-        log.warning("%s split %s at %s is not the complete benchmark (%s): numbers are not comparable to published ones",
-                    cls_name, split, root, exc)
-    return ds
+    return ds, _validated(ds, cls_name, root, split)
 
 
 def _eva_images(name: str, root: Path, cls_name: str, base: Callable[[str | None], Path], splits: tuple[str | None, ...],
                 **kwargs: Any) -> LabeledImages:
     """LabeledImages from eva datasets: path = base(split) / eva's `filename(i)`, label = classes[eva's target]."""
-    paths, labels, names, groups = [], [], [], []
+    paths, labels, names, groups, reasons = [], [], [], [], []
     classes: tuple[str, ...] = ()
     for split in splits:
-        ds = _eva_split(cls_name, root, split, **kwargs)
+        ds, reason = _eva_split(cls_name, root, split, **kwargs)
+        reasons.append(reason)
         classes = tuple(ds.classes)
         for i in range(len(ds)):
             p = inside(base(split), ds.filename(i))  # an annotation row must not name a file outside the copy
@@ -77,8 +110,8 @@ def _eva_images(name: str, root: Path, cls_name: str, base: Callable[[str | None
             groups.append(str((ds.load_metadata(i) or {}).get("patient_id", "")))
     if not paths:
         raise DatasetLayoutError(f"{root}: no {name} images found")
-    return LabeledImages(name, root, tuple(paths), tuple(labels), classes,
-                         tuple(names) if splits != (None,) else None, tuple(groups) if any(groups) else None)
+    return LabeledImages(name, root, tuple(paths), tuple(labels), classes, tuple(names) if splits != (None,) else None,
+                         tuple(groups) if any(groups) else None, incomplete=_joined(reasons))
 
 
 BACH_CLASSES = ("Benign", "InSitu", "Invasive", "Normal")
@@ -152,7 +185,9 @@ GLEASON_CLASSES = ("benign", "gleason_3", "gleason_4", "gleason_5")
 def load_gleason_arvaniti(root: Path) -> LabeledImages:
     """`train_validation_patches_750/**/*.jpg` + `test_patches_750/patho_1/**/*.jpg`; names `<TMA>_..._<label>.jpg`.
 
-    eva's split: TMA ZT76 = val, ZT111/ZT199/ZT204 = train, test patches (pathologist 1) = test.
+    eva's split: TMA ZT76 = val, ZT111/ZT199/ZT204 = train, test patches (pathologist 1) = test. eva's
+    gleason_arvaniti.yaml embeds train and val only and reports val, so a task scores val by default
+    (EVA_REPORTED_SPLIT); test stays available to a task that names it, without published numbers.
     """
     root = Path(root)
     require(root, "train_validation_patches_750", "test_patches_750/patho_1")
@@ -197,6 +232,7 @@ class EvaImageSet:
     splits: tuple[str, ...]
     classes: tuple[str, ...]
     files: tuple[Path, ...]
+    incomplete: str | None = None  # why this is not the complete benchmark; None = complete
 
     def dataset(self, input_px: int) -> EvaImages:
         return EvaImages(list(self.parts), input_px, self.files)
@@ -208,21 +244,22 @@ def load_pcam(root: Path) -> EvaImageSet:
     require(root, *PCAM_FILES)
     import h5py  # installed with kaiko-eva[vision]; one read per label file instead of one per item
 
-    parts, labels, splits = [], [], []
+    parts, labels, splits, reasons = [], [], [], []
     for split, stem in PCAM_SPLITS.items():
-        ds = _eva_split("PatchCamelyon", root, split)
+        ds, reason = _eva_split("PatchCamelyon", root, split)
+        reasons.append(reason)
         with h5py.File(root / f"camelyonpatch_level_2_split_{stem}_y.h5", "r") as fy:
             y = np.asarray(fy["y"]).reshape(-1).astype(np.int64)
         if len(y) != len(ds):
             raise DatasetLayoutError(f"{root}: PCam {split} has {len(ds)} images but {len(y)} labels")
         parts.append(ds), labels.append(y), splits.extend([split] * len(y))
     return EvaImageSet("pcam", root, tuple(parts), np.concatenate(labels), tuple(splits), tuple(parts[0].classes),
-                       tuple(root / f for f in PCAM_FILES))
+                       tuple(root / f for f in PCAM_FILES), _joined(reasons))
 
 
 @dataclass(frozen=True)
 class LabeledSlides:
-    """Slide-level task: one label per whole-slide image; bags of tile embeddings come from slide_bags.py."""
+    """Slide-level task: one label per whole-slide image and, per slide, the tiles of its bag."""
 
     name: str
     root: Path
@@ -230,41 +267,148 @@ class LabeledSlides:
     labels: tuple[str, ...]
     classes: tuple[str, ...]
     splits: tuple[str, ...]
+    tiles: tuple[Any, ...] = ()  # per slide, a tile manifest (pandas: path, x_l0, y_l0, mpp, tile_px) of eva's sampler
+    incomplete: str | None = None  # why this is not the complete benchmark; None = complete
 
     @property
     def label_ids(self) -> np.ndarray:
         return np.array([self.classes.index(x) for x in self.labels], dtype=np.int64)
 
 
+def _with_eva_tiles(slides: LabeledSlides, task: str) -> LabeledSlides:
+    """`slides` with each slide's tiles as eva's `task` config samples them: `ForegroundGridSampler(max_samples=
+    pad_size)` (seed 42, 35% foreground) at the config's resolution, read by eva's openslide backend.
+    A slide without one foreground tile is dropped (warning): eva embeds nothing for it either."""
+    import openslide
+    import pandas as pd
+    from eva.vision.data.wsi.patching import samplers
+    from eva.vision.data.wsi.patching.coordinates import PatchCoordinates
+
+    from pluto.eval.eva_protocol import EVA_TASKS
+    from pluto.eval.slide_bags import EVA_SLIDE_TILES
+
+    mpp, px = EVA_SLIDE_TILES[task]
+    sampler = samplers.ForegroundGridSampler(max_samples=EVA_TASKS[task].pad_size)
+    keep, tiles = [], []
+    for i, path in enumerate(slides.paths):
+        try:
+            xy = PatchCoordinates.from_file(str(path), px, px, sampler, mpp, backend="openslide").x_y
+        except (ValueError, OSError, openslide.OpenSlideError) as exc:
+            raise DatasetLayoutError(f"{path}: eva cannot sample {px}-px tiles at {mpp} um/px from this slide: {exc}") from exc
+        if not xy:
+            log.warning("%s: no foreground tile for eva's sampler; the slide is left out, as eva leaves it out", path)
+            continue
+        keep.append(i)
+        tiles.append(pd.DataFrame({"path": str(path), "x_l0": [int(x) for x, _ in xy], "y_l0": [int(y) for _, y in xy],
+                                   "mpp": float(mpp), "tile_px": int(px)}))
+    if not keep:
+        raise DatasetLayoutError(f"{slides.root}: no {slides.name} slide has a foreground tile for eva's sampler")
+    pick = lambda items: tuple(items[i] for i in keep)  # noqa: E731
+    return dataclasses.replace(slides, paths=pick(slides.paths), labels=pick(slides.labels), splits=pick(slides.splits),
+                               tiles=tuple(tiles))
+
+
 PANDA_CLASSES = ("0", "1", "2", "3", "4", "5")  # ISUP grade
-PANDA_SPLIT_RATIOS, PANDA_SPLIT_SEED = (0.7, 0.15, 0.15), 42  # eva's PANDA class
+PANDA_SPLIT_SEED = 42  # eva's PANDA class default; no config sets it
+PANDA_TABLE = "train_with_noisy_labels.csv"  # eva's label table (analokmaus/kaggle-panda-challenge-public train.csv)
+PANDA_N_SLIDES = 10_616  # rows of eva's md5-pinned table = Kaggle's train_images (eva docs/datasets/panda.md)
 
 
-def load_panda(root: Path) -> LabeledSlides:
+def _panda_shortfall(table: Path, n_rows: int, n_slides: int) -> str | None:
+    """The counts eva's PANDA class checks (one slide per row of its full table), as a reason, or None."""
+    return _joined([
+        None if table.name == PANDA_TABLE else f"{table.name} has no noise_ratio_10: not eva's noisy-label filter nor its split",
+        None if n_rows == PANDA_N_SLIDES else f"{table.name} has {n_rows:,} of {PANDA_N_SLIDES:,} rows",
+        None if n_slides == n_rows else f"{n_slides:,} of {n_rows:,} slides",
+    ])
+
+
+def _panda(root: Path, task: str, cls_name: str) -> LabeledSlides:
     """`train_images/<image_id>.tiff` + `train_with_noisy_labels.csv` (eva's table) or Kaggle's `train.csv`.
 
-    As eva: with the noisy-label table only rows with `noise_ratio_10 != 0` are kept, then
-    `eva.core.data.splitting.stratified_split` 70/15/15 with seed 42.
+    As eva's `cls_name` (PANDA / PANDASmall): with the noisy-label table only rows with
+    `noise_ratio_10 != 0` are kept, then `eva.core.data.splitting.stratified_split` with the class's
+    train/val/test ratios (PANDA 70/15/15, PANDASmall 10/5/5) and seed 42.
     """
     root = Path(root)
     require(root, "train_images")
-    table = next((root / n for n in ("train_with_noisy_labels.csv", "train.csv") if (root / n).is_file()), None)
+    table = next((root / n for n in (PANDA_TABLE, "train.csv") if (root / n).is_file()), None)
     if table is None:
-        raise DatasetLayoutError(f"{root}: expected 'train_with_noisy_labels.csv' or 'train.csv' (image_id, isup_grade)")
+        raise DatasetLayoutError(f"{root}: expected {PANDA_TABLE!r} (eva's label table) or 'train.csv' (image_id, isup_grade)")
     with table.open(newline="") as f:
         rows = {r["image_id"]: r for r in csv.DictReader(f)}
     slides = sorted((root / "train_images").glob("*.tiff"))
     unknown = [p.name for p in slides if p.stem not in rows]
     if not slides or unknown:
         raise DatasetLayoutError(f"{root}: {'no slides in train_images' if not slides else f'no grade in {table.name} for {unknown[:3]}'}")
+    incomplete = _panda_shortfall(table, len(rows), len(slides))
     slides = [p for p in slides if float(rows[p.stem].get("noise_ratio_10") or 1) != 0]
     grades = [rows[p.stem]["isup_grade"] for p in slides]
     from eva.core.data import splitting
 
-    idx = splitting.stratified_split(samples=slides, targets=[int(g) for g in grades], train_ratio=PANDA_SPLIT_RATIOS[0],
-                                     val_ratio=PANDA_SPLIT_RATIOS[1], test_ratio=PANDA_SPLIT_RATIOS[2], seed=PANDA_SPLIT_SEED)
+    eva_cls = eva_dataset_class(cls_name)
+    idx = splitting.stratified_split(samples=slides, targets=[int(g) for g in grades], train_ratio=eva_cls._train_split_ratio,
+                                     val_ratio=eva_cls._val_split_ratio, test_ratio=eva_cls._test_split_ratio, seed=PANDA_SPLIT_SEED)
     split_of = {i: s for s, ids in zip(("train", "val", "test"), idx) for i in (ids or [])}
-    return LabeledSlides("panda", root, tuple(slides), tuple(grades), PANDA_CLASSES, tuple(split_of[i] for i in range(len(slides))))
+    keep = sorted(split_of)  # PANDASmall's ratios sum to 0.2: the other 80% are in no split
+    slides_set = LabeledSlides(task, root, tuple(slides[i] for i in keep), tuple(grades[i] for i in keep), PANDA_CLASSES,
+                               tuple(split_of[i] for i in keep), incomplete=incomplete)
+    return _with_eva_tiles(slides_set, task)
+
+
+def load_panda(root: Path) -> LabeledSlides:
+    """eva's PANDA (panda.yaml): 70/15/15 of the filtered slides, up to 1,000 tiles at 0.5 um/px per slide."""
+    return _panda(root, "panda", "PANDA")
+
+
+def load_panda_small(root: Path) -> LabeledSlides:
+    """eva's PANDASmall (panda_small.yaml): 10/5/5 of the filtered slides, up to 200 tiles at 0.5 um/px per slide."""
+    return _panda(root, "panda_small", "PANDASmall")
+
+
+CAMELYON16_DIRS = ("training/normal", "training/tumor", "testing/images")
+
+
+def _camelyon16(root: Path, task: str) -> LabeledSlides:
+    """`training/{normal,tumor}/*.tif`, `testing/images/*.tif` + `testing/reference.csv` (id, Normal|Tumor), as eva's
+    `Camelyon16`: training slides in eva's validation list (PatchCamelyon's) are val, the others train, testing is
+    test; labels are eva's (name prefix, reference.csv) and so is the file-count check (216 / 54 / 129)."""
+    root = Path(root)
+    require(root, *CAMELYON16_DIRS, "testing/reference.csv")
+    eva_cls = eva_dataset_class("Camelyon16")
+    training = sorted((root / "training").glob("*/*.tif"))
+    listed = {"train": [p for p in training if p.stem not in eva_cls._val_slides],
+              "val": [p for p in training if p.stem in eva_cls._val_slides],
+              "test": sorted((root / "testing" / "images").glob("*.tif"))}
+    paths, labels, splits, reasons = [], [], [], []
+    classes: tuple[str, ...] = ()
+    for split, files in listed.items():
+        ds = eva_cls(root=str(root), sampler=None, split=split)  # the sampler is used by configure() only
+        classes = tuple(ds.classes)
+        try:
+            annotations = ds.annotations
+            labels += [annotations[p.stem] for p in files]
+        except KeyError as exc:
+            raise DatasetLayoutError(f"{root / 'testing/reference.csv'}: no label for test slide {exc}") from exc
+        except ValueError as exc:  # a training slide not named normal_* / tumor_*, an unreadable reference.csv
+            raise DatasetLayoutError(f"{root / ('testing/reference.csv' if split == 'test' else 'training')}: {exc}") from exc
+        reasons.append(_validated(ds, "Camelyon16", root, split, "slides"))
+        paths += files
+        splits += [split] * len(files)
+    if not paths:
+        raise DatasetLayoutError(f"{root}: no Camelyon16 slides (.tif) found")
+    slides = LabeledSlides(task, root, tuple(paths), tuple(labels), classes, tuple(splits), incomplete=_joined(reasons))
+    return _with_eva_tiles(slides, task)
+
+
+def load_camelyon16(root: Path) -> LabeledSlides:
+    """eva's Camelyon16 (camelyon16.yaml): up to 10,000 tiles at 0.25 um/px per slide."""
+    return _camelyon16(root, "camelyon16")
+
+
+def load_camelyon16_small(root: Path) -> LabeledSlides:
+    """eva's Camelyon16 with camelyon16_small.yaml's sampler: up to 1,000 tiles at 0.25 um/px per slide."""
+    return _camelyon16(root, "camelyon16_small")
 
 
 @dataclass(frozen=True)
@@ -276,6 +420,7 @@ class SegmentationSet:
     parts: tuple  # eva datasets
     part_splits: tuple[str, ...]
     classes: tuple[str, ...]  # index 0 = background
+    incomplete: str | None = None  # why this is not the complete benchmark; None = complete
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -290,10 +435,10 @@ class SegmentationSet:
 
 
 def _segmentation(name: str, root: Path, cls_name: str, splits: tuple[str, ...], **kwargs: Any) -> SegmentationSet:
-    parts = tuple(_eva_split(cls_name, root, s, **kwargs) for s in splits)
+    parts, reasons = zip(*(_eva_split(cls_name, root, s, **kwargs) for s in splits))
     if not sum(len(p) for p in parts):
         raise DatasetLayoutError(f"{root}: no {name} images found")
-    return SegmentationSet(name, root, parts, splits, tuple(parts[0].classes))
+    return SegmentationSet(name, root, tuple(parts), splits, tuple(parts[0].classes), _joined(reasons))
 
 
 CONSEP_CLASSES = ("background", "other", "inflammatory", "epithelial", "spindle-shaped")
@@ -340,5 +485,6 @@ def load_hest(root: Path):
 
 
 ADAPTERS = {"bach": load_bach, "bracs": load_bracs, "breakhis": load_breakhis, "crc": load_crc, "mhist": load_mhist,
-            "gleason_arvaniti": load_gleason_arvaniti, "pcam": load_pcam, "panda": load_panda, "consep": load_consep,
+            "gleason_arvaniti": load_gleason_arvaniti, "pcam": load_pcam, "panda": load_panda, "panda_small": load_panda_small,
+            "camelyon16": load_camelyon16, "camelyon16_small": load_camelyon16_small, "consep": load_consep,
             "monusac": load_monusac, "hest": load_hest}

@@ -35,6 +35,7 @@ class LabeledImages:
     classes: tuple[str, ...]  # label order: label_ids index into this
     splits: tuple[str, ...] | None = None  # per item, one of SPLITS
     groups: tuple[str, ...] | None = None  # per item patient / slide id, for group-aware folds
+    incomplete: str | None = None  # why this is not the complete benchmark ("32 of 7,180 images (val)"); None = complete
 
     def __post_init__(self) -> None:
         if not self.paths:

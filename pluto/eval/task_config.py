@@ -14,12 +14,13 @@ PROTOCOL_METRICS = {"linear_probe": "balanced_accuracy", "abmil": "balanced_accu
 class TaskConfig:
     """One task. `dataset`: an adapter name (benchmarks.ADAPTERS), "folder", "resolution", "qc_labels" or
     "magnification_bags" (derived from the slide at `root`; qc_labels adds the artifact images of `labels_csv`). `split`: the scored split, "cv" for pooled folds when the set has
-    none. `metric` defaults to the protocol's headline (balanced accuracy, dice, Pearson)."""
+    none; unset, a benchmark scores the split eva reports (benchmarks.EVA_REPORTED_SPLIT: Gleason's val), any other set
+    "test". `metric` defaults to the protocol's headline (balanced accuracy, dice, Pearson)."""
 
     name: str
     dataset: str
     root: str  # dataset root / images folder / slide path (derived sets) / HEST task folder
-    split: str = "test"
+    split: str = ""  # "" = eva's reported split for a benchmark, else "test"
     metric: str = ""
     labels_csv: str | None = None  # folder adapter; qc_labels: the artifacts' labels.csv (optional)
     classes: tuple[str, ...] | None = None  # expected classes; a mismatch is an error
@@ -32,6 +33,10 @@ class TaskConfig:
         if self.metric and self.metric != expected:
             raise DatasetLayoutError(f"task {self.name}: protocol {self.protocol} reports {expected}, not {self.metric!r}")
         object.__setattr__(self, "metric", expected)
+        if not self.split:
+            from pluto.eval.benchmarks import EVA_REPORTED_SPLIT
+
+            object.__setattr__(self, "split", EVA_REPORTED_SPLIT.get(self.dataset, "test"))
 
     def to_dict(self) -> dict:
         return asdict(self)
