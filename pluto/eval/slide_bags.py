@@ -2,7 +2,8 @@
 
 `tissue_grid` lays a grid of `tile_px` tiles at `mpp` over a slide and keeps the cells whose
 thumbnail region is tissue (mean HSV saturation, as the resolution task), then a seeded sample of
-at most `max_tiles` (EVA's PANDA protocol samples up to 1,000 tiles at 0.5 um/px per slide).
+at most `max_tiles`. eva's slide configs tile with a `ForegroundGridSampler(max_samples=pad_size)`
+of fixed seed 42 (the same tiles in every run) at the `EVA_SLIDE_TILES` resolution of each set.
 `magnification_bags` derives a slide-level task from a bundled slide: each bag holds the tiles of
 `regions_per_bag` tissue regions read at one resolution and is labelled by that resolution, so a
 bag's label is set by all of its tiles (the regions of a bag differ between bags of one resolution).
@@ -21,12 +22,14 @@ from pluto.eval.derived import MIN_TISSUE_SATURATION, resolution_set, saturation
 if TYPE_CHECKING:
     import pandas as pd
 
-PANDA_TILE_MPP, PANDA_TILE_PX, PANDA_MAX_TILES = 0.5, 224, 1000  # eva's PANDA config
+# (target_mpp, width = height) of the eva 0.4.5 slide configs' predict datasets (tests/eval/test_mil_seg_protocol.py
+# checks them against the vendored YAML); the tile count per slide is the task's pad_size (eva_protocol.EVA_TASKS)
+EVA_SLIDE_TILES = {"panda": (0.5, 224), "panda_small": (0.5, 224), "camelyon16": (0.25, 224), "camelyon16_small": (0.25, 224)}
+EVA_SAMPLER_SEED = 42  # ForegroundGridSampler's default seed, which the configs keep
 THUMB_PX_PER_TILE = 8  # thumbnail resolution: 8 x 8 thumbnail px per grid cell
 
 
-def tissue_grid(slide: Path, mpp: float = PANDA_TILE_MPP, tile_px: int = PANDA_TILE_PX, max_tiles: int = PANDA_MAX_TILES,
-                seed: int = 0) -> pd.DataFrame:
+def tissue_grid(slide: Path, mpp: float, tile_px: int, max_tiles: int, seed: int = EVA_SAMPLER_SEED) -> pd.DataFrame:
     """Tile manifest rows (path, x_l0, y_l0, mpp, tile_px) of the tissue cells of one slide."""
     import pandas as pd
 

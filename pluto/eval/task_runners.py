@@ -2,7 +2,8 @@
 
 Each runner takes (model, TaskConfig, EvalConfig, on_progress) and returns one `EvalRecord` per
 embedding mode (segmentation: patch tokens only), with values per seed (HEST: per patient fold).
-The preset (`EvalConfig.preset`, "eva" | "quick") picks the protocol constants of each task.
+The preset (`EvalConfig.preset`, "eva" | "quick") and the task's dataset pick the protocol constants
+(ABMIL and segmentation: the dataset's eva 0.4.5 config, `eva_protocol.EVA_TASKS`).
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from pluto.eval.abmil import MIL_PRESETS, fit_abmil
+from pluto.eval.abmil import MilProtocol, fit_abmil, mil_protocol
 from pluto.eval.benchmarks import ADAPTERS, LabeledSlides, SegmentationSet
-from pluto.eval.embeddings import extract_embeddings, input_px, model_id, normalise, patch_size_of
+from pluto.eval.embeddings import extract_embeddings, input_px, model_id, patch_size_of
 from pluto.eval.eval_config import EvalConfig
 from pluto.eval.hest import hest_fold_pearson
 from pluto.eval.images import ArrayImages, SlideTiles, resize_and_crop, resize_and_crop_mask
 from pluto.eval.labeled import DatasetLayoutError
 from pluto.eval.linear_probe import pooled_out_of_fold
 from pluto.eval.records import EvalRecord
-from pluto.eval.segmentation import SEG_PRESETS, fit_segmentation
+from pluto.eval.segmentation import fit_segmentation, seg_protocol
 from pluto.eval.task_config import TaskConfig
 
 Progress = Callable[[int, int], None] | None
@@ -60,7 +61,7 @@ def _record(task: TaskConfig, values, seeds, protocol: str, model: nn.Module, mo
                       patch_size_of(model, None), mode, extra=extra)
 
 
-def _bag_data(task: TaskConfig, px: int, cfg: EvalConfig):
+def _bag_data(task: TaskConfig, px: int, protocol: MilProtocol):
     """(tile dataset, item indices per bag, bag labels, splits or None, groups or None, n_classes)."""
     if task.dataset == "magnification_bags":
         from pluto.eval.derived import RESOLUTION_MPPS
@@ -68,15 +69,16 @@ def _bag_data(task: TaskConfig, px: int, cfg: EvalConfig):
 
         images, bags, y, groups = magnification_bags(Path(task.root), px)
         return ArrayImages(images, px), bags, y, None, groups, len(RESOLUTION_MPPS)
+    from pluto.eval.slide_bags import EVA_SLIDE_TILES, tissue_grid
+
     slides = ADAPTERS[task.dataset](Path(task.root)) if task.dataset in ADAPTERS else None
-    if not isinstance(slides, LabeledSlides):
-        raise DatasetLayoutError(f"task {task.name}: protocol abmil needs a slide-level set (panda, magnification_bags), "
-                                 f"not {task.dataset!r}")
+    if not isinstance(slides, LabeledSlides) or task.dataset not in EVA_SLIDE_TILES:
+        raise DatasetLayoutError(f"task {task.name}: protocol abmil needs a slide-level set "
+                                 f"({', '.join(sorted(EVA_SLIDE_TILES))}, magnification_bags), not {task.dataset!r}")
     import pandas as pd
 
-    from pluto.eval.slide_bags import tissue_grid
-
-    grids = [tissue_grid(p, seed=cfg.seed) for p in slides.paths]
+    mpp, tile_px = EVA_SLIDE_TILES[task.dataset]
+    grids = [tissue_grid(p, mpp, tile_px, protocol.pad_size) for p in slides.paths]
     starts = np.cumsum([0] + [len(g) for g in grids])
     bags = [np.arange(starts[i], starts[i + 1]) for i in range(len(grids))]
     return (SlideTiles(pd.concat(grids, ignore_index=True), px), bags, slides.label_ids, np.array(slides.splits), None,
@@ -84,44 +86,49 @@ def _bag_data(task: TaskConfig, px: int, cfg: EvalConfig):
 
 
 def run_abmil(model: nn.Module, task: TaskConfig, cfg: EvalConfig, on_progress: Progress = None) -> list[EvalRecord]:
-    """ABMIL on bags of frozen tile embeddings: best-validation epoch, balanced accuracy per seed (EVA: 20 runs)."""
-    protocol = preset(MIL_PRESETS, cfg, "ABMIL")
+    """ABMIL on bags of frozen tile embeddings under the task's eva config (abmil.py); balanced accuracy per run."""
+    protocol = mil_protocol(cfg.preset, task.dataset)
     seeds = seeds_for(cfg, protocol.n_seeds)
-    dataset, bag_items, y, splits, groups, k = _bag_data(task, input_px(model), cfg)
+    dataset, bag_items, y, splits, groups, k = _bag_data(task, input_px(model), protocol)
     records = []
     for mode in cfg.modes:
         tiles = embed(model, dataset, mode, cfg, on_progress)
         bags = [tiles[i] for i in bag_items]
         pick = lambda mask: [bags[i] for i in np.flatnonzero(mask)]  # noqa: E731
+        fit = lambda tr, va, te, s: fit_abmil(pick(tr), y[tr], pick(va), y[va], pick(te), y[te], protocol, s, k, cfg.device)  # noqa: E731
         if splits is None or task.split == "cv":
-            fit = lambda tr, va, te, s: fit_abmil(pick(tr), y[tr], pick(va), y[va], pick(te), y[te], protocol, s, k).test_pred  # noqa: E731
-            values = [pooled_out_of_fold(fit, y, cfg.n_folds, seed, groups) for seed in seeds]
-        else:
-            tr, va, te = split_masks(splits, task)
-            values = [fit_abmil(pick(tr), y[tr], pick(va), y[va], pick(te), y[te], protocol, seed, k).test_balanced_accuracy
+            values = [pooled_out_of_fold(lambda tr, va, te, s: fit(tr, va, te, s).test_pred, y, cfg.n_folds, seed, groups)
                       for seed in seeds]
-        records.append(_record(task, values, seeds, f"abmil/{protocol.name}", model, mode, n_bags=len(bags)))
+        else:
+            values = [fit(*split_masks(splits, task), seed).test_balanced_accuracy for seed in seeds]
+        records.append(_record(task, values, seeds, f"abmil/{protocol.name}", model, mode, n_bags=len(bags),
+                               eva_task=protocol.task, pad_size=protocol.pad_size))
     return records
 
 
 def run_segmentation(model: nn.Module, task: TaskConfig, cfg: EvalConfig, on_progress: Progress = None) -> list[EvalRecord]:
-    """eva's ConvDecoderWithImage on frozen patch tokens; images and masks resized to the encoder's input size."""
-    protocol = preset(SEG_PRESETS, cfg, "segmentation")
+    """eva's ConvDecoderMS on frozen patch tokens under the set's eva config (segmentation.py); dice per run.
+
+    Images and masks are resized on the shorter side and centre-cropped to the encoder's input size (eva's
+    ResizeAndCrop, images.py); the checkpoint is chosen on 'val', or on the scored split when the set has
+    none (MoNuSAC, as eva's monusac.yaml)."""
+    protocol = seg_protocol(cfg.preset, task.dataset)
     seeds = seeds_for(cfg, protocol.n_seeds)
-    seg = ADAPTERS[task.dataset](Path(task.root)) if task.dataset in ADAPTERS else None
-    if not isinstance(seg, SegmentationSet):
-        raise DatasetLayoutError(f"task {task.name}: protocol segmentation needs consep or monusac, not {task.dataset!r}")
+    seg = ADAPTERS[task.dataset](Path(task.root))
+    if not isinstance(seg, SegmentationSet) or len(seg.classes) != protocol.label_classes:
+        raise DatasetLayoutError(f"task {task.name}: {task.dataset} at {task.root} should be a segmentation set of "
+                                 f"{protocol.label_classes} classes (eva's {protocol.task} config)")
     px = input_px(model)
     items = [seg.read(i) for i in range(len(seg.splits))]
     chw = torch.stack([resize_and_crop(rgb, px) for rgb, _ in items])
     masks = np.stack([resize_and_crop_mask(m, px) for _, m in items])
     tokens = embed(model, ArrayImages(chw.permute(0, 2, 3, 1).numpy(), px), "patch_tokens", cfg, on_progress)
-    images = normalise(model, chw).numpy()
-    tr, _, te = split_masks(np.array(seg.splits), task)
-    values = [fit_segmentation(tokens[tr], images[tr], masks[tr], tokens[te], images[te], masks[te], len(seg.classes), protocol, s)
-              for s in seeds]
-    return [_record(task, values, seeds, f"segmentation/{protocol.name}", model, "patch_tokens", n_train=int(tr.sum()),
-                    n_test=int(te.sum()))]
+    tr, va, te = split_masks(np.array(seg.splits), task)
+    fits = [fit_segmentation(tokens[tr], masks[tr], tokens[va], masks[va], tokens[te], masks[te], protocol, s, cfg.device)
+            for s in seeds]
+    return [_record(task, [f.test_dice for f in fits], seeds, f"segmentation/{protocol.name}", model, "patch_tokens",
+                    n_train=int(tr.sum()), n_test=int(te.sum()), eva_task=protocol.task,
+                    best_epochs=[f.best_epoch for f in fits])]
 
 
 def run_hest(model: nn.Module, task: TaskConfig, cfg: EvalConfig, on_progress: Progress = None) -> list[EvalRecord]:

@@ -120,8 +120,10 @@ def test_one_suite_file_runs_slide_segmentation_and_hest_tasks(fixed_tiny, tmp_p
                        ("hest_idc", "cls"), ("hest_idc", "cls+mean")}
     mil, seg, hest = by["magnification_bags", "cls"], by["consep", "patch_tokens"], by["hest_idc", "cls"]
     assert mil.protocol == "abmil/quick" and mil.seeds == (0, 1) and mil.extra["n_bags"] == 30
+    assert mil.extra["eva_task"] == "panda_small" and seg.extra["eva_task"] == "consep"  # derived bags: the documented default
+    assert (seg.extra["n_train"], seg.extra["n_test"]) == (3, 1)  # eva's GridSampler: one 250-px patch per 260-px image
     assert 0.0 <= min(mil.values) <= max(mil.values) <= 1.0  # random-init encoder: wiring only (learning: test_tasks)
-    assert seg.protocol == "segmentation/quick" and seg.mean > 0.7  # the disk is visible in the concatenated image
+    assert seg.protocol == "segmentation/quick" and seg.mean > 0.7  # the disk's colour survives in random-init tokens
     assert hest.protocol == "hest_ridge" and hest.seeds == (0, 1, 2) and min(hest.values) > 0.8  # expression follows mean colour, which even a random-init encoder keeps
     assert {r.suite_version for r in res.records} == {EVAL_SUITE_VERSION} and {r.patch_size for r in res.records} == {16}
     assert res.score == pytest.approx(np.mean([mil.mean, seg.mean, hest.mean]))  # segmentation counts via its patch tokens

@@ -1,4 +1,6 @@
-"""Task heads on generated data: best-validation selection, seeding, HEST ridge, ABMIL, segmentation decoder, kNN."""
+"""Task heads on generated data: best-validation selection, seeding, HEST ridge, ABMIL, segmentation decoder, kNN.
+
+ABMIL and segmentation protocol details (eva's loop, BCE, padding, ignore_index): test_mil_seg_protocol.py."""
 
 from __future__ import annotations
 
@@ -6,12 +8,11 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
-from pluto.eval.abmil import QUICK_MIL, fit_abmil
+from pluto.eval.abmil import fit_abmil, mil_protocol
 from pluto.eval.hest import fit_pca_ridge, hest_fold_pearson, patient_folds
 from pluto.eval.linear_probe import EVA_PROBE, QUICK_PROBE, cross_validated_probe, fit_linear_probe, knn_accuracy, stratified_folds
-from pluto.eval.segmentation import QUICK_SEG, build_decoder, decode, fit_segmentation
+from pluto.eval.segmentation import build_decoder, decode, fit_segmentation, seg_protocol
 
 SHORT_EVA = dataclasses.replace(EVA_PROBE, steps=100, eval_every=10, batch_size=32)
 
@@ -90,43 +91,29 @@ def test_hest_ridge_matches_sklearn_pipeline():
     np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-8)
 
 
-def _bags(n: int, seed: int):
-    """Bag label 1 when it holds any 'signal' tile (feature 0 high): the MIL assumption."""
-    rng = np.random.default_rng(seed)
-    bags, y = [], []
-    for i in range(n):
-        b = rng.normal(size=(int(rng.integers(5, 20)), 12)).astype(np.float32)
-        label = i % 2
-        if label:
-            b[rng.integers(len(b)), 0] = 6.0
-        bags.append(b), y.append(label)
-    return bags, np.array(y)
-
-
 def test_abmil_learns_a_mil_task_and_is_seeded():
+    from test_mil_seg_protocol import _bags
+
     tb, ty = _bags(60, 0)
     vb, vy = _bags(20, 1)
     sb, sy = _bags(30, 2)
-    short = dataclasses.replace(QUICK_MIL, epochs=12)
+    short = dataclasses.replace(mil_protocol("quick", "magnification_bags"), max_epochs=12)
     a = fit_abmil(tb, ty, vb, vy, sb, sy, short, seed=0, n_classes=2)
-    assert a.test_balanced_accuracy > 0.8 and 0 <= a.best_epoch < short.epochs
+    assert a.test_balanced_accuracy > 0.8 and 0 <= a.best_epoch < a.epochs <= short.max_epochs
     b = fit_abmil(tb, ty, vb, vy, sb, sy, short, seed=0, n_classes=2)
     assert b.test_balanced_accuracy == a.test_balanced_accuracy and np.array_equal(a.test_pred, b.test_pred)
 
 
-def test_segmentation_decoder_shapes_and_learns_from_the_image():
-    """Mask = a bright disk; tokens carry nothing, so the decoder must use the concatenated image (eva's design)."""
-    gen = torch.Generator().manual_seed(0)
-    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
-    centres = torch.randint(8, 24, (24, 2), generator=gen)
-    masks = (((yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2) < 36).long()
-    images = (masks[:, None].float() * 1.5 - 0.75).expand(-1, 3, -1, -1) + 0.2 * torch.randn(24, 3, 32, 32, generator=gen)
-    tokens = torch.zeros(24, 16, 4, 4)
-    dec = build_decoder(16, 2)  # eva's ConvDecoderWithImage
-    assert decode(dec, tokens[:2], images[:2]).shape == (2, 2, 32, 32)
-    short = dataclasses.replace(QUICK_SEG, steps=30)
-    dice = fit_segmentation(tokens[:16], images[:16], masks[:16], tokens[16:], images[16:], masks[16:], 2, short, seed=0)
-    assert dice > 0.8
+def test_segmentation_decoder_shapes_and_learns_from_the_tokens():
+    """eva's ConvDecoderMS sees the token grid only: masks drawn from the tokens' cells are learnt."""
+    from test_mil_seg_protocol import _token_grids
+
+    tokens, masks = _token_grids(24, 0)
+    dec = build_decoder(8, 3)
+    assert decode(dec, tokens[:2], (16, 16)).shape == (2, 3, 16, 16)
+    protocol = dataclasses.replace(seg_protocol("quick", "consep"), n_classes=3)
+    fit = fit_segmentation(tokens[:16], masks[:16], tokens[16:], masks[16:], tokens[16:], masks[16:], protocol, seed=0)
+    assert fit.test_dice > 0.8 and fit.steps == protocol.max_steps
 
 
 def test_quick_linear_probe_for_training_monitors():
