@@ -11,6 +11,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from flows.common import io_retries, resolve, stage_run
 from pluto.registry.checkpoint_store import CheckpointRef, sha256_file
 from pluto.registry.gate import SuiteScores
+from pluto.registry.lineage import champion_score, describe_version, version_description
 from pluto.registry.provenance import git_sha
 from pluto.train.checkpoint import list_checkpoints
 
@@ -46,8 +47,10 @@ def gate_task(tracking_uri: str, name: str, version: int, min_margin: float, log
 @flow(name="register")
 def register_flow(
     config: dict[str, Any] | None = None, model_dir: str = "", run_dir: str = "", suite: dict | None = None,
-    data_hash: str = "", parent_run_id: str | None = None,
+    data_hash: str = "", parent_run_id: str | None = None, trained: str = "",
 ) -> dict[str, Any]:
+    """The model is logged under the parent (retrain) run, which carries the evaluation metrics, the
+    training parameters and the dataset input, so the version's source run is the one users compare."""
     s = resolve(config)
     scores = SuiteScores.from_suite(suite or {})
     key = f"{sha256_file(Path(model_dir) / 'model.safetensors')[:16]}-{data_hash[:16]}-{scores.suite_version}"
@@ -58,16 +61,20 @@ def register_flow(
         checkpoint = upload(str(ckpts[0]), s.chain.checkpoint_store, s.s3.endpoint_url, s.s3.region, s.chain.multipart_chunk_mb)
     with stage_run(s, "register", parent_run_id, data_hash) as tracker:
         record = io_retries(register_task, s)(
-            model_dir, s.mlflow.tracking_uri, tracker.run_id, scores.to_dict(), data_hash, git_sha(), key,
+            model_dir, s.mlflow.tracking_uri, parent_run_id or tracker.run_id, scores.to_dict(), data_hash, git_sha(), key,
             checkpoint, s.chain.embedding_mode,
         )
+        champion = champion_score(s.mlflow.tracking_uri, record["name"])
         decision = gate_task(
             s.mlflow.tracking_uri, record["name"], record["version"], s.chain.gate_min_margin,
             str(s.paths.work_dir / "registry" / "promotions.jsonl"),
         )
         tracker.set_tags({"pluto.model_version": record["version"], "pluto.promoted": decision["promote"]})
-        url = f"{s.mlflow.tracking_uri.rstrip('/')}/#/models/{record['name']}/versions/{record['version']}"
+        verdict = "promoted to champion" if decision["promote"] else "not promoted: " + "; ".join(decision["reasons"])
+        describe_version(s.mlflow.tracking_uri, record["name"], record["version"], version_description(
+            record["name"], record["version"], trained or f"registered from {model_dir}", scores.score,
+            champion if champion and champion[0] != record["version"] else None, verdict))
+        url = f"{s.mlflow.tracking_uri.rstrip('/')}/#/models/{record['name']}/versions/{record['version']}?workflowType=machine_learning"
     create_link_artifact(key="mlflow-model-version", link=url, link_text=f"{record['name']} v{record['version']}")
-    verdict = "promoted to champion" if decision["promote"] else "blocked: " + "; ".join(decision["reasons"])
     create_markdown_artifact(key="gate-decision", markdown=f"**{record['name']} v{record['version']}**: {verdict} ({decision['summary']})")
     return {"record": record, "decision": decision, "url": url}

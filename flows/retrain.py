@@ -31,6 +31,7 @@ from flows.pretrain import pretrain_flow
 from flows.qc import qc_flow
 from flows.register import register_flow
 from flows.tile import tile_flow
+from pluto.registry.lineage import GIT_COMMIT_TAG, eval_metrics, log_data_version
 from pluto.registry.provenance import git_sha
 from pluto.registry.register import model_name
 from pluto.tracking import Tracker, sync_runs, tracking_files
@@ -65,6 +66,23 @@ def replay_tracking(work_dir: Path, tracking_uri: str) -> None:
     log.info("tracking replay: %s", report.to_dict())
 
 
+def record_data_version(s: Any, parent: Tracker, data: dict[str, Any]) -> None:
+    """The DVC version as the run's dataset input (MLflow's Dataset column) and data.dvc as an artifact."""
+    dvc_file = s.paths.work_dir / "data.dvc"
+    parent.log_artifact(dvc_file, "data")
+    if parent.run_id:  # best effort like every tracker call: an MLflow outage must not fail the retrain
+        try:
+            log_data_version(s.mlflow.tracking_uri, parent.run_id, data["md5"], dvc_file, data["remote"])
+        except Exception as exc:  # noqa: BLE001
+            log.warning("dataset input for run %s not logged: %s", parent.run_id, str(exc)[:300])
+
+
+def _init_label(init_from: str) -> str:
+    """`champion v<N>` for a warm start from WORK/champion/v<N>/..., else `scratch`."""
+    version = next((p for p in Path(init_from).parts if p.startswith("v") and p[1:].isdigit()), None) if init_from else None
+    return f"champion {version}" if version else ("scratch" if not init_from else init_from)
+
+
 def _with_dask_address(config: dict[str, Any], address: str) -> dict[str, Any]:
     return {**config, "chain": {**config.get("chain", {}), "dask_address": address}}
 
@@ -83,9 +101,12 @@ def retrain(config: dict[str, Any] | None = None, seed: int | None = None, launc
 
             cluster = stack.enter_context(LocalCluster(**local_cluster_kwargs(s)))
             config = _with_dask_address(config, cluster.scheduler_address)
+        name = model_name(s.train.arch)
+        sha = git_sha()
         parent = Tracker(
-            s.paths.work_dir / "tracking" / "retrain.jsonl", s.mlflow.tracking_uri, s.mlflow.experiment, "retrain",
-            tags={"pluto.git_sha": git_sha(), "pluto.flow": "retrain"}, connect_now=True, system_metrics=True,
+            s.paths.work_dir / "tracking" / "retrain.jsonl", s.mlflow.tracking_uri, s.mlflow.experiment,
+            f"retrain {name} seed {seed}", tags={"pluto.git_sha": sha, GIT_COMMIT_TAG: sha, "pluto.flow": "retrain"},
+            connect_now=True, system_metrics=True,
         )
         status = "FAILED"
         try:
@@ -93,7 +114,10 @@ def retrain(config: dict[str, Any] | None = None, seed: int | None = None, launc
             end_dead_holder_runs(lock.previous, s.mlflow.tracking_uri, f"{me}, MLflow run {parent.run_id}")
             if parent.url:
                 create_link_artifact(key="mlflow-retrain-run", link=parent.url, link_text="MLflow retrain run")
-            parent.log_params({"seed": seed, "launcher": launcher, "config_hash": s.config_hash()})
+            parent.log_params({"seed": seed, "launcher": launcher, "config_hash": s.config_hash(), "arch": s.train.arch,
+                               "steps": s.train.steps, "global_batch": s.train.global_batch,
+                               "patch_sizes": ",".join(map(str, s.train.ssl.patch_sizes)), "warm_start": s.chain.warm_start,
+                               "eval_preset": s.eval.preset})
             stages: dict[str, Any] = {
                 "ingest": ingest_flow(config, parent.run_id),
                 "qc": qc_flow(config, parent.run_id),
@@ -101,6 +125,7 @@ def retrain(config: dict[str, Any] | None = None, seed: int | None = None, launc
             }
             data = io_retries(commit_data_version, s)(str(s.paths.work_dir), s.chain.dvc_remote, s.s3.endpoint_url)
             parent.set_tags({"pluto.data_hash": data["md5"]})
+            record_data_version(s, parent, data)
             init_from = ""
             if s.chain.warm_start == "champion":
                 init_from = io_retries(champion_model_dir, s)(
@@ -108,14 +133,16 @@ def retrain(config: dict[str, Any] | None = None, seed: int | None = None, launc
                 )
                 log.info("warm start: %s", init_from or "no champion yet, training from scratch")
             parent.set_tags({"pluto.init_from": init_from or "scratch"})
+            parent.log_params({"init_from": _init_label(init_from)})
             stages["pretrain"] = pretrain_flow(config, data["md5"], seed, launcher, nproc, parent.run_id, init_from)
             stages["evaluate"] = evaluate_flow(config, stages["pretrain"]["model_dir"], data["md5"], parent.run_id)
             stages["register"] = register_flow(
-                config, stages["pretrain"]["model_dir"], stages["pretrain"]["run_dir"], stages["evaluate"], data["md5"], parent.run_id
+                config, stages["pretrain"]["model_dir"], stages["pretrain"]["run_dir"], stages["evaluate"], data["md5"], parent.run_id,
+                trained=f"{s.train.steps} steps of {s.train.arch} (seed {seed}) from {_init_label(init_from)} on data {data['md5'][:8]}",
             )
-            parent.log_metrics({"suite_score": stages["evaluate"]["score"]})
+            parent.log_metrics(eval_metrics(stages["evaluate"], stages["evaluate"].get("baselines")))
             status = "FINISHED"
         finally:
             parent.close(status)
             replay_tracking(s.paths.work_dir, s.mlflow.tracking_uri)
-        return {"seed": seed, "data": data, "mlflow_run": parent.url, "stages": stages}
+        return {"seed": seed, "data": data, "mlflow_run": parent.url, "mlflow_run_id": parent.run_id, "stages": stages}

@@ -141,7 +141,8 @@ class Tracker:
         """Browser address of the MLflow run (empty while there is none)."""
         if self.run_id is None:
             return ""
-        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        # workflowType: MLflow 3's UI otherwise shows a fresh browser its GenAI views, whatever the experiment's kind
+        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}?workflowType=machine_learning"
 
     def log_params(self, params: dict[str, Any]) -> None:
         flat = {k: str(v)[:6000] for k, v in params.items()}  # MLflow's param value limit
@@ -223,7 +224,9 @@ class Tracker:
             client.update_run(run.info.run_id, status="RUNNING")
         else:
             exp = client.get_experiment_by_name(self.experiment)
-            exp_id = exp.experiment_id if exp else client.create_experiment(self.experiment)
+            # tagged as model development: MLflow 3's UI then opens the experiment on its runs, not on GenAI traces
+            exp_id = exp.experiment_id if exp else client.create_experiment(
+                self.experiment, tags={"mlflow.experimentKind": "custom_model_development"})
             run = client.create_run(exp_id, run_name=self.run_name)
             if self.run_id_path is not None:
                 self.run_id_path.write_text(run.info.run_id)

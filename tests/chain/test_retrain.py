@@ -97,7 +97,7 @@ def test_second_run_warm_starts_from_the_champion_of_the_first(two_runs):
 
     config, first, second = two_runs
     client = MlflowClient(config["mlflow"]["tracking_uri"])
-    tags = [client.get_run(r["mlflow_run"].rsplit("/", 1)[1]).data.tags["pluto.init_from"] for r in (first, second)]
+    tags = [client.get_run(r["mlflow_run_id"]).data.tags["pluto.init_from"] for r in (first, second)]
     assert tags[0] == "scratch" and "/champion/v1/" in tags[1]  # no champion before the first run
 
 
@@ -106,7 +106,7 @@ def test_runs_are_nested_and_record_data_version_and_git_sha(two_runs):
 
     config, first, _ = two_runs
     client = MlflowClient(config["mlflow"]["tracking_uri"])
-    parent_id = first["mlflow_run"].rsplit("/", 1)[1]
+    parent_id = first["mlflow_run_id"]
     children = client.search_runs(
         [client.get_experiment_by_name("chain-retrain").experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'"
     )
@@ -195,3 +195,66 @@ def test_mlflow_ui_model_page_shows_both_versions_in_headless_chromium(two_runs,
     )
     assert "pluto-tiny" in out.stdout, out.stderr[-2000:]
     assert "Version 1" in out.stdout and "Version 2" in out.stdout
+
+
+def test_each_version_points_at_its_retrain_run_with_metrics_params_dataset_and_commit(two_runs):
+    from mlflow.tracking import MlflowClient
+
+    from pluto.registry.lineage import EXPERIMENT_KIND_TAG, GIT_COMMIT_TAG, MODEL_DEVELOPMENT
+
+    config, first, second = two_runs
+    client = MlflowClient(config["mlflow"]["tracking_uri"])
+    for version, result in ((1, first), (2, second)):
+        mv = client.get_model_version("pluto-tiny", str(version))
+        assert mv.run_id == result["mlflow_run_id"]  # the retrain run, not the register stage's
+        run = client.get_run(mv.run_id)
+        assert run.info.run_name == f"retrain pluto-tiny seed {result['seed']}"
+        metrics = run.data.metrics
+        assert metrics["suite_score"] == pytest.approx(result["stages"]["evaluate"]["score"])
+        assert {"crc_tissue.cls.balanced_accuracy", "crc_tissue.cls+mean.balanced_accuracy", "magnification.cls.balanced_accuracy"} <= set(metrics)
+        assert {"arch", "steps", "global_batch", "patch_sizes", "seed", "init_from"} <= set(run.data.params)
+        assert run.data.params["seed"] == str(result["seed"])
+        assert run.data.tags[GIT_COMMIT_TAG] == run.data.tags["pluto.git_sha"]
+        (dataset,) = run.inputs.dataset_inputs
+        assert dataset.dataset.digest == result["data"]["md5"] and dataset.dataset.source.endswith("data.dvc")
+        assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == "training"
+        assert "data/data.dvc" in {a.path for a in client.list_artifacts(mv.run_id, "data")}
+        assert mv.description.startswith(f"pluto-tiny v{version}: 4 steps of pluto_tiny (seed {result['seed']})")
+    assert "from champion v1" in client.get_model_version("pluto-tiny", "2").description
+    assert "vs champion v1" in client.get_model_version("pluto-tiny", "2").description
+    exp = client.get_experiment_by_name("chain-retrain")
+    assert exp.tags[EXPERIMENT_KIND_TAG] == MODEL_DEVELOPMENT
+
+
+def _chromium_text(url: str, profile: Path) -> str:
+    import re
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("chromium not installed: apt-get install -y chromium")
+    out = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+         "--window-size=1800,1200", "--virtual-time-budget=30000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=180,
+    )
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", out.stdout))
+
+
+def test_mlflow_ui_compares_two_versions_metrics_and_fills_dataset_and_models(two_runs, tmp_path):
+    """What a user sees in the MLflow UI, rendered by headless Chromium from a fresh browser profile."""
+    from mlflow.tracking import MlflowClient
+
+    config, first, second = two_runs
+    uri = config["mlflow"]["tracking_uri"]
+    client = MlflowClient(uri)
+    exp_id = client.get_experiment_by_name("chain-retrain").experiment_id
+    ids = [first["mlflow_run_id"], second["mlflow_run_id"]]
+    compare = _chromium_text(f"{uri}/#/compare-runs?runs={json.dumps(ids)}&experiments={json.dumps([exp_id])}"
+                             "&workflowType=machine_learning", tmp_path / "compare")
+    assert "suite_score" in compare and "crc_tissue.cls.balanced_accuracy" in compare
+    for run_id in ids:  # the UI rounds to 3 decimals
+        assert f"{client.get_run(run_id).data.metrics['suite_score']:.3f}" in compare, compare[:3000]
+    table = _chromium_text(f"{uri}/#/experiments/{exp_id}/runs?workflowType=machine_learning", tmp_path / "runs")
+    assert "Dataset" in table and "Models" in table
+    assert f"pluto-data ({first['data']['md5']})" in table, table[:3000]
+    assert f"retrain pluto-tiny seed {first['seed']}" in table

@@ -107,7 +107,7 @@ def test_the_killed_retrain_of_the_story_ends_killed_and_crashed(story):
 
     client = MlflowClient(story.mlflow_url)
     exp = client.get_experiment_by_name(story.config["mlflow"]["experiment"])
-    c_run = story.c["mlflow_run"].rsplit("/", 1)[-1]
+    c_run = story.c["mlflow_run_id"]
     (a_run,) = [r for r in client.search_runs([exp.experiment_id], "tags.`pluto.flow` = 'retrain'") if r.info.run_id != c_run]
     assert a_run.info.status == "KILLED" and c_run in a_run.data.tags["pluto.terminated_by"]
     stages = {r.data.tags["pluto.stage"]: r.info.status
