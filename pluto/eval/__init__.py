@@ -18,7 +18,7 @@ _EXPORTS = {
     "build_abmil": "abmil", "fit_abmil": "abmil", "MilProtocol": "abmil", "mil_protocol": "abmil",
     "build_decoder": "segmentation", "fit_segmentation": "segmentation", "seg_protocol": "segmentation",
     "load_hest_task": "hest_data", "read_sample": "hest_data", "EvaImageSet": "benchmarks", "LabeledSlides": "benchmarks",
-    "SegmentationSet": "benchmarks", "tissue_grid": "slide_bags", "magnification_bags": "slide_bags",
+    "SegmentationSet": "benchmarks", "magnification_bags": "slide_bags",
     "fit_pca_ridge": "hest", "hest_fold_pearson": "hest", "patient_folds": "hest",
     "LabeledImages": "labeled", "read_labels_csv": "labeled", "DatasetLayoutError": "labeled",
     "ADAPTERS": "benchmarks", "resolution_set": "derived", "qc_label_set": "derived", "QCLabelSet": "derived",

@@ -12,8 +12,7 @@ number beside an incomplete copy.
 
 Slide-level sets (PANDA, PANDA-Small, Camelyon16 and its small variant) carry their tiles as eva's
 config samples them: eva's own `ForegroundGridSampler` (max_samples = the task's pad_size, seed 42)
-at the config's resolution, so a bag holds the very tiles eva would embed (not the project's
-tissue_grid, whose tissue test and sampling differ). PANDA keeps its own reader (eva's class
+at the config's resolution, so a bag holds the very tiles eva would embed. PANDA keeps its own reader (eva's class
 downloads its label table at construction) with eva's stratified split; Camelyon16 uses eva's
 class for labels and its file-count check. HEST has no eva class and is read in hest_data.py.
 """

@@ -1,9 +1,7 @@
-"""Bags of tiles for slide-level (ABMIL) tasks: a tissue grid per whole-slide image, and a derived bag task.
+"""Slide-level (ABMIL) tiling: eva's tile resolution per slide set, and a bag task derived from a bundled slide.
 
-`tissue_grid` lays a grid of `tile_px` tiles at `mpp` over a slide and keeps the cells whose
-thumbnail region is tissue (mean HSV saturation, as the resolution task), then a seeded sample of
-at most `max_tiles`. eva's slide configs tile with a `ForegroundGridSampler(max_samples=pad_size)`
-of fixed seed 42 (the same tiles in every run) at the `EVA_SLIDE_TILES` resolution of each set.
+The slide adapters (benchmarks.py) tile with eva's own `ForegroundGridSampler(max_samples=pad_size)`
+at its default seed 42 (the same tiles in every run) at the `EVA_SLIDE_TILES` resolution of each set.
 `magnification_bags` derives a slide-level task from a bundled slide: each bag holds the tiles of
 `regions_per_bag` tissue regions read at one resolution and is labelled by that resolution, so a
 bag's label is set by all of its tiles (the regions of a bag differ between bags of one resolution).
@@ -12,43 +10,14 @@ bag's label is set by all of its tiles (the regions of a bag differ between bags
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pluto.errors import PlutoError
-from pluto.eval.derived import MIN_TISSUE_SATURATION, resolution_set, saturation
-
-if TYPE_CHECKING:
-    import pandas as pd
+from pluto.eval.derived import resolution_set
 
 # (target_mpp, width = height) of the eva 0.4.5 slide configs' predict datasets (tests/eval/test_mil_seg_protocol.py
 # checks them against the vendored YAML); the tile count per slide is the task's pad_size (eva_protocol.EVA_TASKS)
 EVA_SLIDE_TILES = {"panda": (0.5, 224), "panda_small": (0.5, 224), "camelyon16": (0.25, 224), "camelyon16_small": (0.25, 224)}
-EVA_SAMPLER_SEED = 42  # ForegroundGridSampler's default seed, which the configs keep
-THUMB_PX_PER_TILE = 8  # thumbnail resolution: 8 x 8 thumbnail px per grid cell
-
-
-def tissue_grid(slide: Path, mpp: float, tile_px: int, max_tiles: int, seed: int = EVA_SAMPLER_SEED) -> pd.DataFrame:
-    """Tile manifest rows (path, x_l0, y_l0, mpp, tile_px) of the tissue cells of one slide."""
-    import pandas as pd
-
-    from pluto.slides import read_thumbnail, slide_info
-
-    info = slide_info(slide)
-    fov_l0 = tile_px * mpp / info.mpp
-    thumb, down = read_thumbnail(slide, mpp * tile_px / THUMB_PX_PER_TILE)
-    cells = []
-    for y in np.arange(0, info.height - fov_l0 + 1, fov_l0):
-        for x in np.arange(0, info.width - fov_l0 + 1, fov_l0):
-            t = thumb[int(y / down): int((y + fov_l0) / down), int(x / down): int((x + fov_l0) / down)]
-            if t.size and saturation(t) >= MIN_TISSUE_SATURATION:
-                cells.append((int(x), int(y)))
-    if not cells:
-        raise PlutoError(f"{slide}: no tissue cells for {tile_px}-px tiles at {mpp} um/px")
-    keep = sorted(np.random.default_rng(seed).permutation(len(cells))[:max_tiles])
-    return pd.DataFrame({"path": str(slide), "x_l0": [cells[i][0] for i in keep], "y_l0": [cells[i][1] for i in keep],
-                         "mpp": float(mpp), "tile_px": int(tile_px)})
 
 
 def magnification_bags(slide: Path, tile_px: int, regions_per_bag: int = 4, max_regions: int = 40

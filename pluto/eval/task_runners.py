@@ -56,40 +56,41 @@ def split_masks(splits: np.ndarray, task: TaskConfig) -> tuple[np.ndarray, np.nd
     return splits == "train", splits == val_name, splits == task.split
 
 
-def _record(task: TaskConfig, values, seeds, protocol: str, model: nn.Module, mode: str, **extra) -> EvalRecord:
+def _record(task: TaskConfig, values, seeds, protocol: str, model: nn.Module, mode: str, incomplete: str | None = None,
+            **extra) -> EvalRecord:
+    """`incomplete`: the adapter's reason the copy is not the complete benchmark, kept in extra when set."""
     return EvalRecord(task.name, task.dataset, task.split, task.metric, tuple(values), tuple(seeds), protocol, model_id(model),
-                      patch_size_of(model, None), mode, extra=extra)
+                      patch_size_of(model, None), mode, extra=extra | ({"incomplete": incomplete} if incomplete else {}))
 
 
 def _bag_data(task: TaskConfig, px: int, protocol: MilProtocol):
-    """(tile dataset, item indices per bag, bag labels, splits or None, groups or None, n_classes)."""
+    """(tile dataset, item indices per bag, bag labels, splits or None, groups or None, n_classes, incomplete)."""
     if task.dataset == "magnification_bags":
         from pluto.eval.derived import RESOLUTION_MPPS
         from pluto.eval.slide_bags import magnification_bags
 
         images, bags, y, groups = magnification_bags(Path(task.root), px)
-        return ArrayImages(images, px), bags, y, None, groups, len(RESOLUTION_MPPS)
-    from pluto.eval.slide_bags import EVA_SLIDE_TILES, tissue_grid
-
+        return ArrayImages(images, px), bags, y, None, groups, len(RESOLUTION_MPPS), None
     slides = ADAPTERS[task.dataset](Path(task.root)) if task.dataset in ADAPTERS else None
-    if not isinstance(slides, LabeledSlides) or task.dataset not in EVA_SLIDE_TILES:
-        raise DatasetLayoutError(f"task {task.name}: protocol abmil needs a slide-level set "
-                                 f"({', '.join(sorted(EVA_SLIDE_TILES))}, magnification_bags), not {task.dataset!r}")
+    if not isinstance(slides, LabeledSlides) or len(slides.tiles) != len(slides.paths):
+        raise DatasetLayoutError(f"task {task.name}: protocol abmil needs a slide-level set with eva's tiles per slide "
+                                 f"(panda, panda_small, camelyon16, camelyon16_small, magnification_bags), not {task.dataset!r}")
     import pandas as pd
 
-    mpp, tile_px = EVA_SLIDE_TILES[task.dataset]
-    grids = [tissue_grid(p, mpp, tile_px, protocol.pad_size) for p in slides.paths]
+    # eva's sampler yields foreground cells in one fixed shuffled order, so a slide's first pad_size tiles are
+    # the sample it draws at max_samples = pad_size (the quick preset's smaller bags; the eva preset keeps all)
+    grids = [t.iloc[: protocol.pad_size] for t in slides.tiles]
     starts = np.cumsum([0] + [len(g) for g in grids])
     bags = [np.arange(starts[i], starts[i + 1]) for i in range(len(grids))]
     return (SlideTiles(pd.concat(grids, ignore_index=True), px), bags, slides.label_ids, np.array(slides.splits), None,
-            len(slides.classes))
+            len(slides.classes), slides.incomplete)
 
 
 def run_abmil(model: nn.Module, task: TaskConfig, cfg: EvalConfig, on_progress: Progress = None) -> list[EvalRecord]:
     """ABMIL on bags of frozen tile embeddings under the task's eva config (abmil.py); balanced accuracy per run."""
     protocol = mil_protocol(cfg.preset, task.dataset)
     seeds = seeds_for(cfg, protocol.n_seeds)
-    dataset, bag_items, y, splits, groups, k = _bag_data(task, input_px(model), protocol)
+    dataset, bag_items, y, splits, groups, k, incomplete = _bag_data(task, input_px(model), protocol)
     records = []
     for mode in cfg.modes:
         tiles = embed(model, dataset, mode, cfg, on_progress)
@@ -101,7 +102,7 @@ def run_abmil(model: nn.Module, task: TaskConfig, cfg: EvalConfig, on_progress: 
                       for seed in seeds]
         else:
             values = [fit(*split_masks(splits, task), seed).test_balanced_accuracy for seed in seeds]
-        records.append(_record(task, values, seeds, f"abmil/{protocol.name}", model, mode, n_bags=len(bags),
+        records.append(_record(task, values, seeds, f"abmil/{protocol.name}", model, mode, incomplete, n_bags=len(bags),
                                eva_task=protocol.task, pad_size=protocol.pad_size))
     return records
 
@@ -126,7 +127,7 @@ def run_segmentation(model: nn.Module, task: TaskConfig, cfg: EvalConfig, on_pro
     tr, va, te = split_masks(np.array(seg.splits), task)
     fits = [fit_segmentation(tokens[tr], masks[tr], tokens[va], masks[va], tokens[te], masks[te], protocol, s, cfg.device)
             for s in seeds]
-    return [_record(task, [f.test_dice for f in fits], seeds, f"segmentation/{protocol.name}", model, "patch_tokens",
+    return [_record(task, [f.test_dice for f in fits], seeds, f"segmentation/{protocol.name}", model, "patch_tokens", seg.incomplete,
                     n_train=int(tr.sum()), n_test=int(te.sum()), eva_task=protocol.task,
                     best_epochs=[f.best_epoch for f in fits])]
 
@@ -158,7 +159,7 @@ def run_hest(model: nn.Module, task: TaskConfig, cfg: EvalConfig, on_progress: P
             (trx, try_), (tex, tey) = arrays(fold_samples(train_csv), mode), arrays(fold_samples(test_csv), mode)
             values.append(hest_fold_pearson(trx, try_, tex, tey))
         records.append(_record(task, values, range(len(values)), "hest_ridge", model, mode, values_are="patient folds",
-                               n_genes=len(hest.genes)))
+                               n_genes=len(hest.genes), hest_task=hest.name))
     return records
 
 

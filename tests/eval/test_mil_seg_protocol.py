@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from test_datasets import _camelyon16_tree, tissue_slide  # noqa: F401 (tissue_slide: the fixture)
 from test_eva_protocol import load_eva_config
 
 from pluto.eval.abmil import MIL_DEFAULT_TASK, build_abmil, fit_abmil, mil_protocol, pad_bags
@@ -55,19 +56,14 @@ def test_seg_protocol_is_the_sets_eva_config(name):
 @pytest.mark.parametrize("name", sorted(set(MIL_TASKS)))
 def test_slide_tiling_is_the_configs_sampler(name):
     """Tile resolution/size per set and the tile cap (sampler max_samples = pad_size) as the config's predict datasets."""
-    import inspect
-
-    from eva.vision.data.wsi.patching.samplers import ForegroundGridSampler
-
-    from pluto.eval.slide_bags import EVA_SAMPLER_SEED, EVA_SLIDE_TILES
+    from pluto.eval.slide_bags import EVA_SLIDE_TILES
 
     cfg = load_eva_config(EVA_TASKS[name].config)
     predict = cfg["data"]["init_args"]["datasets"]["predict"][0]["init_args"]
     assert EVA_SLIDE_TILES[name] == (float(predict["target_mpp"]), int(predict["width"])) and predict["width"] == predict["height"]
     sampler = predict["sampler"]
-    assert sampler["class_path"].endswith("ForegroundGridSampler") and "seed" not in sampler.get("init_args", {})
+    assert sampler["class_path"].endswith("ForegroundGridSampler") and "seed" not in sampler["init_args"]  # its default, 42
     assert int(sampler["init_args"]["max_samples"]) == EVA_TASKS[name].pad_size
-    assert inspect.signature(ForegroundGridSampler).parameters["seed"].default == EVA_SAMPLER_SEED
 
 
 def _scripted_loop(scores, patience, n_train=4, batch=2, max_epochs=None, max_steps=None):
@@ -190,3 +186,26 @@ def test_monusac_ignore_index_gives_no_gradient_and_no_score():
     tt, tm = _token_grids(24, 1, k=6)  # labels 0..5, 5 ignored; the decoder has 5 outputs
     fit = fit_segmentation(tt[:16], tm[:16], tt[16:], tm[16:], tt[16:], tm[16:], dataclasses.replace(p, max_steps=40), seed=0)
     assert fit.test_dice == pytest.approx(max(fit.val_history)) and fit.test_dice > 0.5
+
+
+@pytest.mark.parametrize("preset", ["quick", "eva"])
+def test_abmil_runner_on_a_camelyon16_small_tree_uses_the_adapters_tiles(tmp_path, tissue_slide, fixed_tiny, preset):  # noqa: F811
+    """The runner takes eva's tiles from the adapter, trains the binary head and records what the number is."""
+    from pluto.eval.eval_config import EvalConfig
+    from pluto.eval.task_config import TaskConfig
+    from pluto.eval.task_runners import run_abmil
+
+    _camelyon16_tree(tmp_path / "c16", tissue_slide[0.25], normal=11, tumor=2, test=3)
+    task = TaskConfig("c16s", "camelyon16_small", str(tmp_path / "c16"), split="test", protocol="abmil")
+    (rec,) = run_abmil(fixed_tiny, task, EvalConfig(preset=preset, modes=("cls",), n_seeds=2, cache_dir=str(tmp_path / "cache")))
+    assert rec.protocol == f"abmil/{preset}" and rec.seeds == (0, 1) and all(0 <= v <= 1 for v in rec.values)
+    assert (rec.extra["eva_task"], rec.extra["n_bags"]) == ("camelyon16_small", 16)
+    assert rec.extra["pad_size"] == mil_protocol(preset, "camelyon16_small").pad_size
+    assert rec.extra["incomplete"].startswith("11 of 216 slides")  # a generated tree is never the published benchmark
+    from pluto.eval.benchmarks import ADAPTERS
+    from pluto.eval.task_runners import _bag_data
+
+    four = dataclasses.replace(mil_protocol(preset, "camelyon16_small"), pad_size=4)
+    tiles, bags, *_ = _bag_data(task, 32, four)
+    eva_tiles = ADAPTERS["camelyon16_small"](tmp_path / "c16").tiles  # 6 per slide, in the sampler's order
+    assert [len(b) for b in bags] == [4] * 16 and tiles.rows.x_l0.tolist()[:4] == eva_tiles[0].x_l0.tolist()[:4]

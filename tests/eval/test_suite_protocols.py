@@ -141,20 +141,6 @@ def test_task_config_refuses_a_metric_its_protocol_does_not_report():
     assert TaskConfig.from_dict(TaskConfig("x", "panda", "/d", protocol="abmil").to_dict()).metric == "balanced_accuracy"
 
 
-def test_tissue_grid_on_the_bundled_slide(cmu_svs):
-    from pluto.eval.images import SlideTiles
-    from pluto.eval.slide_bags import tissue_grid
-
-    from pluto.slides import slide_info
-
-    grid = tissue_grid(cmu_svs, mpp=1.0, tile_px=64, max_tiles=12, seed=0)
-    step_l0 = 64 * 1.0 / slide_info(cmu_svs).mpp  # one tile's field of view in level-0 px
-    on_grid = [int(round(x / step_l0)) * step_l0 for x in grid.x_l0]
-    assert len(grid) == 12 and np.allclose(grid.x_l0, on_grid, atol=1) and grid.equals(tissue_grid(cmu_svs, 1.0, 64, 12, seed=0))
-    tile = SlideTiles(grid, 64)[0].numpy()
-    assert tile.std() > 5  # tissue, not blank glass
-
-
 def test_cli_evaluate_with_a_suite_file(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
