@@ -97,13 +97,14 @@ def run_abmil(model: nn.Module, task: TaskConfig, cfg: EvalConfig, on_progress: 
         bags = [tiles[i] for i in bag_items]
         pick = lambda mask: [bags[i] for i in np.flatnonzero(mask)]  # noqa: E731
         fit = lambda tr, va, te, s: fit_abmil(pick(tr), y[tr], pick(va), y[va], pick(te), y[te], protocol, s, k, cfg.device)  # noqa: E731
-        if splits is None or task.split == "cv":
+        pooled = splits is None or task.split == "cv"
+        if pooled:
             values = [pooled_out_of_fold(lambda tr, va, te, s: fit(tr, va, te, s).test_pred, y, cfg.n_folds, seed, groups)
                       for seed in seeds]
         else:
             values = [fit(*split_masks(splits, task), seed).test_balanced_accuracy for seed in seeds]
         records.append(_record(task, values, seeds, f"abmil/{protocol.name}", model, mode, incomplete, n_bags=len(bags),
-                               eva_task=protocol.task, pad_size=protocol.pad_size))
+                               eva_task=protocol.task, pad_size=protocol.pad_size, spread_over="folds" if pooled else "seeds"))
     return records
 
 
@@ -129,7 +130,7 @@ def run_segmentation(model: nn.Module, task: TaskConfig, cfg: EvalConfig, on_pro
             for s in seeds]
     return [_record(task, [f.test_dice for f in fits], seeds, f"segmentation/{protocol.name}", model, "patch_tokens", seg.incomplete,
                     n_train=int(tr.sum()), n_test=int(te.sum()), eva_task=protocol.task,
-                    best_epochs=[f.best_epoch for f in fits])]
+                    best_epochs=[f.best_epoch for f in fits], spread_over="seeds")]
 
 
 def run_hest(model: nn.Module, task: TaskConfig, cfg: EvalConfig, on_progress: Progress = None) -> list[EvalRecord]:
@@ -158,7 +159,7 @@ def run_hest(model: nn.Module, task: TaskConfig, cfg: EvalConfig, on_progress: P
         for train_csv, test_csv in hest.folds:
             (trx, try_), (tex, tey) = arrays(fold_samples(train_csv), mode), arrays(fold_samples(test_csv), mode)
             values.append(hest_fold_pearson(trx, try_, tex, tey))
-        records.append(_record(task, values, range(len(values)), "hest_ridge", model, mode, values_are="patient folds",
+        records.append(_record(task, values, range(len(values)), "hest_ridge", model, mode, spread_over="patient folds",
                                n_genes=len(hest.genes), hest_task=hest.name))
     return records
 
