@@ -7,7 +7,8 @@ camelyon16_small): AdamW (lr 1e-3, torch's default weight decay 0.01, betas (0.9
 32, up to 100 epochs, early stopping after 20 epochs without a higher validation score, the best
 epoch's weights score the test split (eva_loop.py), 20 runs. Binary tasks (Camelyon16) have one
 logit and `BCEWithLogitsLoss`, predicted positive at logit > 0 (eva's binary metrics threshold the
-sigmoid at 0.5).
+sigmoid at 0.5). The monitored score is balanced accuracy: eva's `val/MulticlassAccuracy` (macro) and
+`val/BinaryBalancedAccuracy` are the same number whenever every class occurs in the validation split.
 
 Bags as eva's `MultiEmbeddingsClassificationDataset` + `Pad2DTensor(pad_size)` serve them: every
 embedding of a slide, the same each epoch (no resampling; eva's `ForegroundGridSampler` already capped
