@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -234,7 +235,7 @@ def _register(
     mlflow.set_tracking_uri(tracking_uri)
     # the fluent API refuses a run outside the process's active experiment (set by any earlier caller)
     mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory() as staging:
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(EMBEDDER_CODE),
@@ -243,6 +244,7 @@ def _register(
             signature=infer_signature(example, out),
             input_example=example,
             pip_requirements=_requirements(),
+            code_paths=[str(_model_code(Path(staging)))],
             tags={TAG_DATA: data_hash, TAG_GIT: git_sha},
         )
     tags = {
@@ -258,10 +260,31 @@ def _register(
 
 
 def _requirements() -> list[str]:
-    """Pinned runtime requirements (given explicitly: MLflow's inference would load the model again)."""
+    """Pinned runtime requirements, all on the package index (given explicitly: MLflow's inference would load
+    the model again); the project's own code travels with the model (`_model_code`), not as a package."""
     from importlib.metadata import version
 
-    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "timm", "safetensors", "numpy", "pluto-platform")]
+    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "timm", "safetensors", "numpy")]
+
+
+MODEL_CODE = ("__init__.py", "errors.py", "atomic.py", "models")  # what `pluto.models.load_model`/`embed` import
+
+
+def _model_code(staging: Path) -> Path:
+    """A `pluto` package holding only what the served model imports, for MLflow's `code_paths` (it is put on
+    sys.path when the model loads, so a bare environment with the pinned requirements can serve it)."""
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    dest = staging / "pluto"
+    for name in MODEL_CODE:
+        src = root / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+    return dest
 
 
 def gate(

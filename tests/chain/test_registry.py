@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,3 +95,32 @@ def test_checkpoint_multipart_upload_is_content_addressed(s3_buckets, tmp_path):
     assert upload_checkpoint(ckpt, f"s3://{artifacts}/ckpts", endpoint_url=endpoint) == ref  # retry: same object
     got = download_checkpoint(CheckpointRef.from_dict(ref.to_dict()), tmp_path / "back.pt", endpoint_url=endpoint)
     assert got.read_bytes() == ckpt.read_bytes()
+
+
+def test_served_model_needs_only_index_packages_and_carries_its_code(mlflow_server, tiny_dirs, tmp_path):
+    """The model's requirements resolve from the package index (no `pluto-platform`); the code it imports
+    travels in code/ (MLflow's code_paths); `mlflow models predict` serves it from the registry."""
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+
+    rec = _register(mlflow_server.url, tiny_dirs[0], GOOD, "key-serve", tmp_path)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{rec.name}/{rec.version}", dst_path=str(tmp_path / "m"),
+                                                     tracking_uri=mlflow_server.url))
+    reqs = {line.split("==")[0] for line in (local / "requirements.txt").read_text().split() if "==" in line}
+    assert reqs >= {"torch", "timm", "safetensors", "numpy"} and "pluto-platform" not in reqs
+    code = local / "code" / "pluto"
+    assert (code / "models" / "vision_transformer.py").is_file() and (code / "errors.py").is_file()
+    assert not (code / "eval").exists()  # only what the embedder imports
+    batch = np.random.default_rng(0).standard_normal((2, 3, 112, 112)).astype(np.float32)
+    (tmp_path / "in.json").write_text(json.dumps({"inputs": batch.tolist()}))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.url,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run([str(Path(sys.executable).parent / "mlflow"), "models", "predict", "-m", f"models:/{rec.name}/{rec.version}",
+                           "-i", str(tmp_path / "in.json"), "-t", "json", "-o", str(tmp_path / "out.json"), "--env-manager", "local"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    emb = np.asarray(json.loads((tmp_path / "out.json").read_text())["predictions"], dtype=np.float32)
+    assert emb.shape == (2, 96) and np.isfinite(emb).all()
