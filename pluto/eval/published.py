@@ -56,10 +56,16 @@ class Row:
     protocol_differs: str | None = None  # why this row is never eva 0.4.5's protocol
 
 
+# PLUTO-4 §4.2 "Segmentation": eva's ConvDecoderWithImage (upsampled tokens concatenated with the image);
+# eva 0.4.5's consep/monusac configs, which we follow, use ConvDecoderMS on the tokens alone
+PLUTO4_OTHER_DECODER = "protocol differs: PLUTO-4 used eva's ConvDecoderWithImage, eva 0.4.5's configs (ours) ConvDecoderMS"
+
+
 def _pluto4(dataset: str, label: str, mode: str, s8: float, s16: float, g: float) -> Row:
     cols = {"cls": "CLS token only", "cls+mean": "CLS + Mean(Patch-Token)"}.get(mode, "CLS token only (DICE; the decoder reads patch tokens)")
     return Row("PLUTO-4", dataset, mode, {"PLUTO-4S-8": s8, "PLUTO-4S-16": s16, "PLUTO-4G": g},
-               f"PLUTO-4 Table 3, row {label}, {cols} columns 4S-8/4S-16/4G (% / 100)")
+               f"PLUTO-4 Table 3, row {label}, {cols} columns 4S-8/4S-16/4G (% / 100)",
+               PLUTO4_OTHER_DECODER if mode == "patch_tokens" else None)
 
 
 def _midnight(dataset: str, mode: str, value: float, column: str, why: str = MIDNIGHT_NO_EARLY_STOP) -> Row:
