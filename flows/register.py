@@ -10,7 +10,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from flows.common import io_retries, resolve, stage_run
 from pluto.registry.checkpoint_store import CheckpointRef, sha256_file
-from pluto.registry.gate import SuiteScores
+from pluto.registry.gate import GateDecision, SuiteScores
 from pluto.registry.lineage import champion_score, describe_version, version_description
 from pluto.registry.provenance import git_sha
 from pluto.train.checkpoint import list_checkpoints
@@ -71,10 +71,12 @@ def register_flow(
         )
         tracker.set_tags({"pluto.model_version": record["version"], "pluto.promoted": decision["promote"]})
         verdict = "promoted to champion" if decision["promote"] else "not promoted: " + "; ".join(decision["reasons"])
+        table = GateDecision.from_dict(decision).markdown()  # per task: candidate, champion, random init, mean RGB, margin
         describe_version(s.mlflow.tracking_uri, record["name"], record["version"], version_description(
             record["name"], record["version"], trained or f"registered from {model_dir}", scores.score,
-            champion if champion and champion[0] != record["version"] else None, verdict))
+            champion if champion and champion[0] != record["version"] else None, verdict) + f"\n\n{table}")
         url = f"{s.mlflow.tracking_uri.rstrip('/')}/#/models/{record['name']}/versions/{record['version']}?workflowType=machine_learning"
     create_link_artifact(key="mlflow-model-version", link=url, link_text=f"{record['name']} v{record['version']}")
-    create_markdown_artifact(key="gate-decision", markdown=f"**{record['name']} v{record['version']}**: {verdict} ({decision['summary']})")
+    create_markdown_artifact(key="gate-decision",
+                             markdown=f"**{record['name']} v{record['version']}**: {verdict} ({decision['summary']})\n\n{table}")
     return {"record": record, "decision": decision, "url": url}
