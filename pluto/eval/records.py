@@ -11,7 +11,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-EVAL_SUITE_VERSION = "1"  # bump when a protocol, split or metric changes: numbers are only comparable within one version
+# Bump when a protocol, split or metric changes: numbers are only comparable within one version.
+# "2" (issue 13, eva 0.4.5's protocol): linear probe as eva's offline configs (AdamW weight decay 0.01,
+# no scheduler, per-epoch validation, early stopping with per-task patience, best checkpoint; MHIST and
+# PCam one logit with BCE) and folds that adapt to the smallest class; ABMIL as panda.yaml (100 epochs,
+# patience 20, best checkpoint); segmentation with DiceLoss, best val checkpoint and CoNSeP's grid
+# sampler; images and masks resized on the shorter side and centre-cropped (eva's ResizeAndCrop), not
+# squashed; each run varies something real (`extra["spread_over"]`), degenerate sets refused.
+EVAL_SUITE_VERSION = "2"
+SPREAD_OVER = ("seeds", "folds", "bootstrap", "patient folds")  # what differs between a record's runs
 
 
 @dataclass(frozen=True)
@@ -27,7 +35,7 @@ class EvalRecord:
     patch_size: int | None
     embedding_mode: str  # "cls" | "cls+mean" | "patch_tokens" | "mean_rgb"
     suite_version: str = EVAL_SUITE_VERSION
-    extra: dict = field(default_factory=dict)  # small JSON-able details (n_train, best steps, ...)
+    extra: dict = field(default_factory=dict)  # small JSON-able details: spread_over (one of SPREAD_OVER), n_train, ...
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "values", tuple(float(v) for v in self.values))
@@ -59,23 +67,27 @@ class EvalRecord:
 
 @dataclass(frozen=True)
 class SuiteResult:
-    """All records of one suite run; `score` (mean of headline metrics) feeds the registry gate."""
+    """All records of one suite run; `score` (mean of headline metrics) feeds the registry gate, and the
+    baselines' records (name -> records: "random_init", "mean_rgb") travel with it into the gate's table."""
 
     records: tuple[EvalRecord, ...]
     score: float
     headline_mode: str = "cls"
+    baselines: dict[str, tuple[EvalRecord, ...]] = field(default_factory=dict)
 
     @property
     def max_seed_std(self) -> float:
-        """Largest seed spread among headline records: the gate's margin should be at least this."""
-        return max((r.std for r in headline_records(self.records, self.headline_mode)), default=0.0)
+        """Largest spread among headline records with more than one run: the gate's margin should be at least this."""
+        return max((r.std for r in headline_records(self.records, self.headline_mode) if len(r.values) > 1), default=0.0)
 
     def to_dict(self) -> dict:
-        return {"records": [r.to_dict() for r in self.records], "score": self.score, "headline_mode": self.headline_mode}
+        return {"records": [r.to_dict() for r in self.records], "score": self.score, "headline_mode": self.headline_mode,
+                "baselines": {k: [r.to_dict() for r in v] for k, v in self.baselines.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SuiteResult":
-        return cls(tuple(EvalRecord.from_dict(r) for r in d["records"]), float(d["score"]), d.get("headline_mode", "cls"))
+        return cls(tuple(EvalRecord.from_dict(r) for r in d["records"]), float(d["score"]), d.get("headline_mode", "cls"),
+                   {k: tuple(EvalRecord.from_dict(r) for r in v) for k, v in d.get("baselines", {}).items()})
 
 
 def headline_records(records: tuple[EvalRecord, ...] | list[EvalRecord], mode: str = "cls") -> list[EvalRecord]:
