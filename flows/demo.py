@@ -26,7 +26,7 @@ from pluto.services import start_services
 log = logging.getLogger("pluto.demo")
 
 def demo_overrides(work_dir: Path, mlflow_url: str) -> dict:
-    """Settings for the CPU demo: small tiles and crops, a short pretraining, the quick eval preset."""
+    """Settings for the CPU demo: small tiles and crops, a short pretraining, the quick eval preset with its baselines."""
     from pluto.ssl import ssl_preset
 
     return {
@@ -37,7 +37,7 @@ def demo_overrides(work_dir: Path, mlflow_url: str) -> dict:
             "arch": "pluto_tiny", "ssl": asdict(ssl_preset("demo")), "steps": 200, "batch_per_gpu": 8,
             "global_batch": 8, "precision": "fp32", "num_workers": 0, "ckpt_every": 60, "keep_ckpts": 2,
         },
-        "eval": {"preset": "quick", "baselines": False, "cache_dir": str(work_dir / "embeddings")},
+        "eval": {"preset": "quick", "baselines": True, "cache_dir": str(work_dir / "embeddings")},
         "chain": {"task_retries": 2, "retry_delay_s": 1.0},
     }
 
@@ -56,6 +56,7 @@ def main() -> None:
         os.environ["PREFECT_HOME"] = str(work / "prefect")
         os.environ["PREFECT_API_URL"] = f"{prefect.url}/api"
         from flows.retrain import retrain
+        from pluto.registry.gate import GateDecision
 
         result = retrain(demo_overrides(work, mlflow.url))
         reg = result["stages"]["register"]
@@ -65,6 +66,7 @@ def main() -> None:
             f"stages from cache: {', '.join(cached) or 'none'}",
             f"registered {reg['record']['name']} v{reg['record']['version']}: "
             + ("promoted to champion" if reg["decision"]["promote"] else "not promoted: " + "; ".join(reg["decision"]["reasons"])),
+            GateDecision.from_dict(reg["decision"]).markdown(),  # beside the champion: the random-init twin and mean RGB
             f"MLflow UI:  {mlflow.url}  (model: {reg['url']})",
             f"Prefect UI: {prefect.url}",
         ]

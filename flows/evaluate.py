@@ -1,4 +1,4 @@
-"""`evaluate` flow: the eval suite on the trained backbone; table to Prefect and MLflow."""
+"""`evaluate` flow: the eval suite on the trained backbone, with its baselines; table to Prefect and MLflow."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from prefect.artifacts import create_table_artifact
 
 from flows.common import cached_or_refresh, resolve, stage_cache_key, stage_run, was_cached
 from pluto.config import Settings
+from pluto.eval.records import EVAL_SUITE_VERSION
 from pluto.registry.checkpoint_store import sha256_file
 
 
@@ -23,6 +24,20 @@ def bundled_tasks(s: Settings) -> list[dict[str, Any]]:
         {"name": "crc_tissue", "dataset": "folder", "root": str(crc), "split": "cv", "labels_csv": str(crc / "labels.csv")},
         {"name": "magnification", "dataset": "resolution", "root": str(root / "wsi" / "CMU-1-Small-Region.svs"), "split": "cv"},
     ]
+
+
+def table_rows(result: dict) -> list[dict[str, Any]]:
+    """One row per record: the model's, then each baseline's (random-init twin, mean RGB) on the same task."""
+    named = [("model", r) for r in result["records"]]
+    named += [(name, r) for name, recs in result.get("baselines", {}).items() for r in recs]
+    return [{"model": who, "task": r["task"], "mode": r["embedding_mode"], "metric": r["metric"], "mean": round(r["mean"], 4),
+             "std": round(r["std"], 4), "n": len(r["values"])} for who, r in named]
+
+
+def metric_name(row: dict[str, Any]) -> str:
+    """MLflow metric key of a table row: the model's as before, a baseline's under `baseline.<name>.`."""
+    key = f"{row['task']}.{row['mode']}.{row['metric']}"
+    return key if row["model"] == "model" else f"baseline.{row['model']}.{key}"
 
 
 @task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json")
@@ -39,19 +54,18 @@ def evaluate_flow(config: dict[str, Any] | None = None, model_dir: str = "", dat
     tasks = bundled_tasks(s)
     weights = sha256_file(Path(model_dir) / "model.safetensors")[:16]
     out_dir = s.paths.work_dir / "eval" / weights
-    config_hash = hashlib.sha256(f"{s.config_hash('eval')}{json.dumps(tasks, sort_keys=True)}".encode()).hexdigest()[:16]
+    # the suite version is in the key: a protocol change must not come back from the cache under the old numbers
+    key = f"{s.config_hash('eval')}{json.dumps(tasks, sort_keys=True)}{EVAL_SUITE_VERSION}"
+    config_hash = hashlib.sha256(key.encode()).hexdigest()[:16]
     run = cached_or_refresh(evaluate_model, [out_dir / "records.json"])
     state = run(model_dir, tasks, s.eval, str(out_dir), input_hash=weights, config_hash=config_hash, return_state=True)
     result = state.result()
-    rows = [
-        {"task": r["task"], "mode": r["embedding_mode"], "metric": r["metric"], "mean": round(r["mean"], 4), "std": round(r["std"], 4)}
-        for r in result["records"]
-    ]
+    rows = table_rows(result)
     create_table_artifact(key="eval-table", table=rows, description=f"suite score {result['score']:.4f}")
     with stage_run(s, "evaluate", parent_run_id, data_hash) as tracker:
-        tracker.log_metrics({f"{r['task']}.{r['mode']}.{r['metric']}": r["mean"] for r in rows} | {"suite_score": result["score"]})
+        tracker.log_metrics({metric_name(r): r["mean"] for r in rows} | {"suite_score": result["score"]})
         tracker.set_tags({"pluto.cached": was_cached(state), "pluto.weights_sha256": weights})
-        for name in ("results.html", "results.png", "records.json"):
+        for name in ("results.html", "results.png", "results.csv", "records.json"):
             if (out_dir / name).is_file():
                 tracker.log_artifact(out_dir / name, "eval")
     return {**result, "cached": was_cached(state)}

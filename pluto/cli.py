@@ -177,7 +177,7 @@ def evaluate_cmd(
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Number of seeds (default: the preset's)."),
     champion: Optional[Path] = typer.Option(None, "--champion", help="records.json of the current champion, shown beside."),
 ) -> None:
-    """Evaluate a frozen encoder on a suite file or one labeled image folder; print the metrics, write the results table."""
+    """Evaluate a frozen encoder on a suite file or one labeled image folder; print and write the results table."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from pluto.eval.suite import evaluate_inputs
@@ -187,9 +187,19 @@ def evaluate_cmd(
         task = progress.add_task("", total=None)
         result = evaluate_inputs(model, out, s.eval, suite, images, labels, champion,
                                  on_progress=lambda done, total: progress.update(task, completed=done, total=total))
-    for r in result.records:
-        typer.echo(f"{r.task} [{r.embedding_mode}] {r.metric.replace('_', ' ')} {r.mean:.3f} ± {r.std:.3f} over {len(r.values)} runs ({r.protocol})")
+    _echo_table(out / "results.csv")
     typer.echo(f"score {result.score:.3f} -> {out / 'results.html'}")
+
+
+def _echo_table(results_csv: Path) -> None:
+    """The results table exactly as in results.csv (model, champion, random-init and mean-RGB baselines), aligned."""
+    import csv
+
+    with results_csv.open(newline="") as f:
+        rows = list(csv.reader(f))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
 @app.command("pretrain")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -196,18 +197,28 @@ def test_run_suite_from_a_checkpoint_dir_and_report(fixed_tiny, tmp_path, make_i
     assert saved["baselines"]["mean_rgb"][0]["mean"] > 0.9 and out.score == pytest.approx(cls.mean)
 
 
-def test_cli_evaluate_prints_balanced_accuracy(tmp_path, make_images, monkeypatch):
+def test_cli_evaluate_is_reproducible_and_prints_the_table_with_baselines_and_champion(tmp_path, make_images, monkeypatch):
+    """`--model pluto_tiny` twice (fresh embedding caches): identical records, model and baselines; the terminal
+    shows the results table (model, random-init, mean-RGB, champion), not only a mean ± std line."""
     from typer.testing import CliRunner
 
     from pluto.cli import app
 
     images, labels = _two_class_folder(tmp_path, make_images, with_split=False)
-    monkeypatch.setenv("PLUTO_EVAL__CACHE_DIR", str(tmp_path / "cache"))
-    out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["evaluate", "--model", "pluto_tiny", "--images", str(images), "--labels", str(labels),
-                                      "--out", str(out), "--seeds", "1"])
-    assert result.exit_code == 0, result.output
-    assert "[cls] balanced accuracy" in result.output and (out / "results.html").is_file()
+    runs = []
+    for i, champion in enumerate([[], ["--champion", str(tmp_path / "out0" / "records.json")]]):
+        monkeypatch.setenv("PLUTO_EVAL__CACHE_DIR", str(tmp_path / f"cache{i}"))
+        result = CliRunner().invoke(app, ["evaluate", "--model", "pluto_tiny", "--images", str(images), "--labels", str(labels),
+                                          "--out", str(tmp_path / f"out{i}"), "--seeds", "2", *champion])
+        assert result.exit_code == 0, result.output
+        runs.append((result.output, json.loads((tmp_path / f"out{i}" / "records.json").read_text())))
+    (_, first), (output, second) = runs
+    assert first["model"] == second["model"] and first["baselines"] == second["baselines"]
+    assert {"random_init", "mean_rgb"} <= set(first["baselines"]) and second["champion"] == first["model"]
+    header = next(line for line in output.splitlines() if line.startswith("task "))
+    assert all(re.search(col, header, re.I) for col in ("model cls", "champion cls", r"random.init", r"mean.rgb"))
+    row = next(line for line in output.splitlines() if line.startswith("img "))
+    assert row.count(f"{first['model'][0]['mean']:.3f} ± ") >= 2  # the model's cell, and the champion's (same numbers)
 
 
 def test_missing_images_folder_is_a_clear_error(tmp_path):
