@@ -139,3 +139,16 @@ def test_the_gate_table_shows_candidate_champion_and_both_baselines():
     md = d.markdown().splitlines()
     assert md[0] == "| task | candidate | champion | random init | mean rgb | margin | verdict |" and len(md) == 4
     assert GateDecision.from_dict(json.loads(json.dumps(d.to_dict()))) == d
+
+
+def test_evaluate_flow_table_and_mlflow_metrics_carry_the_baselines():
+    from flows.evaluate import metric_name, table_rows
+    from pluto.eval.records import EvalRecord, SuiteResult
+
+    rec = lambda mid, mode, v: EvalRecord("crc", "folder", "cv", "balanced_accuracy", v, (0, 1), "linear_probe/quick", mid, 16, mode)  # noqa: E731
+    result = SuiteResult((rec("m", "cls", (0.8, 0.9)),), 0.85,
+                         baselines={"random_init": (rec("twin", "cls", (0.5, 0.5)),), "mean_rgb": (rec("mean_rgb", "mean_rgb", (0.6, 0.7)),)})
+    rows = table_rows(result.to_dict())
+    assert [(r["model"], r["mean"], r["n"]) for r in rows] == [("model", 0.85, 2), ("random_init", 0.5, 2), ("mean_rgb", 0.65, 2)]
+    assert [metric_name(r) for r in rows] == ["crc.cls.balanced_accuracy", "baseline.random_init.crc.cls.balanced_accuracy",
+                                              "baseline.mean_rgb.crc.mean_rgb.balanced_accuracy"]
