@@ -12,12 +12,17 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 # Bump when a protocol, split or metric changes: numbers are only comparable within one version.
-# "2" (issue 13, eva 0.4.5's protocol): linear probe as eva's offline configs (AdamW weight decay 0.01,
-# no scheduler, per-epoch validation, early stopping with per-task patience, best checkpoint; MHIST and
-# PCam one logit with BCE) and folds that adapt to the smallest class; ABMIL as panda.yaml (100 epochs,
-# patience 20, best checkpoint); segmentation with DiceLoss, best val checkpoint and CoNSeP's grid
-# sampler; images and masks resized on the shorter side and centre-cropped (eva's ResizeAndCrop), not
-# squashed; each run varies something real (`extra["spread_over"]`), degenerate sets refused.
+# "2" (issue 13: eva 0.4.5's protocol by construction, constants from eva_protocol.EVA_TASKS):
+# - linear probe per task as eva's offline configs: AdamW lr 3e-4 with weight decay 0.01, eva's ConstantLR
+#   default, validation each epoch, early stopping with per-task patience, best checkpoint; MHIST and PCam
+#   one logit with BCE. Pooled folds from scikit-learn, their count adapting to the smallest class; the
+#   quick preset fits one bootstrap resample per run on a fixed split (its runs were identical before);
+# - ABMIL as eva's configs per task (100 epochs, patience, best checkpoint), bags as eva's sampler serves them;
+# - segmentation: ConvDecoderMS with eva's DiceLoss, best val checkpoint with patience, CoNSeP's GridSampler,
+#   MoNuSAC's ignore_index;
+# - images and masks resized on the shorter side and centre-cropped (eva's ResizeAndCrop), no longer squashed;
+# - a task without a split scores eva's reported one (Gleason: val); degenerate labelled sets are refused;
+# - every record says what its runs vary (`extra["spread_over"]`).
 EVAL_SUITE_VERSION = "2"
 SPREAD_OVER = ("seeds", "folds", "bootstrap", "patient folds")  # what differs between a record's runs
 
