@@ -34,11 +34,13 @@ class LoopResult:
 
 def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, n_train: int, batch_size: int,
                  batch_loss: Callable[[torch.Tensor], torch.Tensor], validate: Callable[[], float], patience: int,
-                 gen: torch.Generator, max_epochs: int | None = None, max_steps: int | None = None) -> LoopResult:
+                 gen: torch.Generator, max_epochs: int | None = None, max_steps: int | None = None,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> LoopResult:
     """Train until max_epochs, max_steps or early stopping; return with the best validation check's weights loaded.
 
     `batch_loss(indices)` gets a batch's training-set indices (a CPU tensor); `validate()` runs in
-    eval mode without gradients and returns the monitored score (higher is better).
+    eval mode without gradients and returns the monitored score (higher is better). `scheduler` steps
+    once per completed epoch, after its validation (Lightning's default "epoch" interval).
     """
     if max_epochs is None and max_steps is None:
         raise ValueError("train_epochs needs max_epochs or max_steps")
@@ -61,6 +63,8 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, n_train: in
         with torch.no_grad():
             score = float(validate())
         history.append(score)
+        if scheduler is not None:
+            scheduler.step()
         if best_state is None or score > best_score:
             best_score, best_epoch, waited = (score if math.isfinite(score) else -math.inf), epoch - 1, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
