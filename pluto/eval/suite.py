@@ -27,7 +27,7 @@ from pluto.eval.eval_config import EvalConfig
 from pluto.eval.embeddings import input_px, model_id, resolve_model, patch_size_of
 from pluto.eval.images import ArrayImages, ImageFiles
 from pluto.eval.labeled import DatasetLayoutError, LabeledImages, check_classes, check_evaluable, read_labels_csv
-from pluto.eval.linear_probe import PROBE_PRESETS, ProbeProtocol, cross_validated_probe, fit_linear_probe
+from pluto.eval.linear_probe import PROBE_PRESETS, ProbeProtocol, cross_validated_probe, fit_linear_probe, probe_protocol_for
 from pluto.eval.records import EvalRecord, SuiteResult, suite_score
 from pluto.eval.report import write_report
 from pluto.eval.task_config import TaskConfig
@@ -83,6 +83,7 @@ class _TaskData:
     splits: np.ndarray | None
     groups: np.ndarray | None
     classes: tuple[str, ...]  # names of the label ids in y
+    incomplete: str | None = None  # a benchmark copy that is not the complete benchmark: why (records' extra)
 
 
 def _load_task(task: TaskConfig, px: int) -> _TaskData:
@@ -114,7 +115,8 @@ def _task_data(task: TaskConfig, px: int) -> _TaskData:
     elif task.dataset in ADAPTERS:
         labeled = ADAPTERS[task.dataset](Path(task.root))
         if isinstance(labeled, EvaImageSet):
-            return _TaskData(labeled.dataset(px), labeled.label_ids, np.array(labeled.splits), None, labeled.classes)
+            return _TaskData(labeled.dataset(px), labeled.label_ids, np.array(labeled.splits), None, labeled.classes,
+                             labeled.incomplete)
         if not isinstance(labeled, LabeledImages):
             raise DatasetLayoutError(f"task {task.name}: {task.dataset} is not a linear-probe image set; "
                                      "use protocol abmil / segmentation / hest_ridge")
@@ -124,12 +126,12 @@ def _task_data(task: TaskConfig, px: int) -> _TaskData:
         raise DatasetLayoutError(f"task {task.name}: unknown dataset {task.dataset!r}; one of folder, resolution, qc_labels, {sorted(ADAPTERS)}")
     splits = np.array(labeled.splits) if labeled.splits else None
     groups = np.array(labeled.groups) if labeled.groups else None
-    return _TaskData(ImageFiles(labeled.paths, px), labeled.label_ids, splits, groups, labeled.classes)
+    return _TaskData(ImageFiles(labeled.paths, px), labeled.label_ids, splits, groups, labeled.classes, labeled.incomplete)
 
 
 def probe_values(x: np.ndarray, data: _TaskData, task: TaskConfig, cfg: EvalConfig) -> tuple[float, ...]:
     """Balanced accuracy per seed: on the scored split when the set has splits, else pooled out-of-fold."""
-    protocol = probe_protocol(cfg)
+    protocol = probe_protocol_for(task.dataset, cfg.preset)
     if data.splits is None or task.split == "cv":
         return tuple(cross_validated_probe(x, data.y, protocol, s, cfg.n_folds, cfg.device, data.groups) for s in run_seeds(cfg))
     tr, va, te = task_runners.split_masks(data.splits, task)
@@ -138,8 +140,19 @@ def probe_values(x: np.ndarray, data: _TaskData, task: TaskConfig, cfg: EvalConf
                  for s in run_seeds(cfg))
 
 
-def _records(task: TaskConfig, values, cfg: EvalConfig, mid: str, ps: int | None, mode: str) -> EvalRecord:
-    return EvalRecord(task.name, task.dataset, task.split, task.metric, values, run_seeds(cfg), f"linear_probe/{cfg.preset}", mid, ps, mode)
+def spread_over(data: _TaskData, task: TaskConfig, cfg: EvalConfig) -> str:
+    """What differs between a probe record's runs (records.SPREAD_OVER; see linear_probe's "Seeding"): pooled
+    folds are re-dealt per seed; on a fixed split the quick preset fits a bootstrap resample per seed, and
+    the eva preset's seed draws the head's init and the shuffle order."""
+    if data.splits is None or task.split == "cv":
+        return "folds"
+    return "bootstrap" if probe_protocol_for(task.dataset, cfg.preset).bootstrap else "seeds"
+
+
+def _records(task: TaskConfig, data: _TaskData, x: np.ndarray, cfg: EvalConfig, mid: str, ps: int | None, mode: str) -> EvalRecord:
+    return EvalRecord(task.name, task.dataset, task.split, task.metric, probe_values(x, data, task, cfg), run_seeds(cfg),
+                      f"linear_probe/{cfg.preset}", mid, ps, mode, extra={"spread_over": spread_over(data, task, cfg),
+                      **({"incomplete": data.incomplete} if data.incomplete else {})})
 
 
 def evaluate_task(model: nn.Module, task: TaskConfig, cfg: EvalConfig, baselines: bool = False,
@@ -152,12 +165,12 @@ def evaluate_task(model: nn.Module, task: TaskConfig, cfg: EvalConfig, baselines
     px, ps, mid = input_px(model), patch_size_of(model, None), model_id(model)
     data = _load_task(task, px)
     emb = lambda m, mode: task_runners.embed(m, data.dataset, mode, cfg, on_progress)  # noqa: E731
-    records = [_records(task, probe_values(emb(model, mode), data, task, cfg), cfg, mid, ps, mode) for mode in cfg.modes]
+    records = [_records(task, data, emb(model, mode), cfg, mid, ps, mode) for mode in cfg.modes]
     base: dict[str, list[EvalRecord]] = {}
     if baselines:
-        base["mean_rgb"] = [_records(task, probe_values(mean_rgb_features(data.dataset), data, task, cfg), cfg, "mean_rgb", None, "mean_rgb")]
+        base["mean_rgb"] = [_records(task, data, mean_rgb_features(data.dataset), cfg, "mean_rgb", None, "mean_rgb")]
         twin = random_init_twin(model)
-        base["random_init"] = [_records(task, probe_values(emb(twin, "cls"), data, task, cfg), cfg, model_id(twin), ps, "cls")]
+        base["random_init"] = [_records(task, data, emb(twin, "cls"), cfg, model_id(twin), ps, "cls")]
     log.info("eval %s: %s", task.name, ", ".join(f"{r.embedding_mode} {r.mean:.3f}±{r.std:.3f}" for r in records))
     return records, base
 
@@ -183,7 +196,7 @@ def evaluate(model: nn.Module | str | Path, tasks: list[TaskConfig] | tuple[Task
             base.setdefault(k, []).extend(v)
     write_report(Path(out_dir), records, base, champion)
     headline = "cls" if "cls" in cfg.modes else cfg.modes[0]
-    return SuiteResult(tuple(records), suite_score(records, headline), headline)
+    return SuiteResult(tuple(records), suite_score(records, headline), headline, {k: tuple(v) for k, v in base.items()})
 
 
 def load_records(path: Path) -> list[EvalRecord]:

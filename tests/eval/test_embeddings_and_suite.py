@@ -195,6 +195,14 @@ def test_run_suite_from_a_checkpoint_dir_and_report(fixed_tiny, tmp_path, make_i
     assert (tmp_path / "out" / "results.png").read_bytes()[:4] == b"\x89PNG"
     saved = json.loads((tmp_path / "out" / "records.json").read_text())
     assert saved["baselines"]["mean_rgb"][0]["mean"] > 0.9 and out.score == pytest.approx(cls.mean)
+    assert cls.extra["spread_over"] == "bootstrap"  # quick preset on a fixed split: one resample per seed
+    # the baselines travel with the suite result into the gate's table, beside candidate and champion
+    from pluto.registry.gate import SuiteScores, decide
+
+    scores = SuiteScores.from_suite(out.to_dict())
+    assert scores.baselines["mean_rgb"]["colour"] == pytest.approx(saved["baselines"]["mean_rgb"][0]["mean"])
+    row = decide(scores, scores, 0.01).table[0]
+    assert row["random init"] == f"{out.baselines['random_init'][0].mean:.3f}" and row["mean rgb"] != "–"
 
 
 def test_cli_evaluate_is_reproducible_and_prints_the_table_with_baselines_and_champion(tmp_path, make_images, monkeypatch):
@@ -215,6 +223,7 @@ def test_cli_evaluate_is_reproducible_and_prints_the_table_with_baselines_and_ch
     (_, first), (output, second) = runs
     assert first["model"] == second["model"] and first["baselines"] == second["baselines"]
     assert {"random_init", "mean_rgb"} <= set(first["baselines"]) and second["champion"] == first["model"]
+    assert {r["extra"]["spread_over"] for r in first["model"]} == {"folds"}  # no split: each seed re-deals the folds
     header = next(line for line in output.splitlines() if line.startswith("task "))
     assert all(re.search(col, header, re.I) for col in ("model cls", "champion cls", r"random.init", r"mean.rgb"))
     row = next(line for line in output.splitlines() if line.startswith("img "))
