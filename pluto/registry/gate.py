@@ -113,7 +113,7 @@ def task_margin(task: str, candidate: SuiteScores, champion: SuiteScores, min_ma
     """Allowed drop on one task and where it comes from: the larger across-run std of the two models
     that have more than one run there (a single run has no spread), never below `min_margin`."""
     spreads = [(s.task_stds.get(task, 0.0), s.spread_over.get(task, "seeds")) for s in (candidate, champion)
-               if s.task_n.get(task, 2) > 1]
+               if s.task_n.get(task) is None or s.task_n[task] > 1]  # n not recorded (older scores): the std as given
     if not spreads:
         return min_margin, "min_margin: n = 1, no spread"
     std, over = max(spreads)
