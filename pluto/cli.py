@@ -296,6 +296,7 @@ def register_cmd(
                              data_hash=data, git_sha=git_sha(), idempotency_key=key, embedding_mode=s.chain.embedding_mode)
     decision = gate(s.mlflow.tracking_uri, rec.name, rec.version, min_margin=s.chain.gate_min_margin, log_path=_promotion_log(s))
     typer.echo(f"{rec.name} v{rec.version}: " + ("champion" if decision.promote else "challenger; " + "; ".join(decision.reasons)))
+    typer.echo(decision.markdown())  # per task: candidate, champion, random-init twin, mean RGB, margin, verdict
 
 
 data_app = typer.Typer(help="Data versions (DVC over the work tables).", no_args_is_help=True)
