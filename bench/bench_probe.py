@@ -165,6 +165,8 @@ def _eva_per_step(tx, ty, vx, vy, sx, sy, protocol: ProbeProtocol, args) -> dict
 
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     protocol = replace(probe_protocol_for(TASK, "eva"), steps=args.steps)
     (tx, ty), (vx, vy), (sx, sy) = (class_mixture(n, args.dim, args.classes, args.data_seed, k)
                                     for k, n in enumerate((args.train, args.val, args.test)))
@@ -218,6 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=probe_protocol_for(TASK, "eva").steps, help="max_steps")
     ap.add_argument("--eva-steps", type=int, default=1000, help="steps of eva's own trainer, at least one epoch (0: skip)")
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for every path (0: torch's default); 1 on a "
+                    "loaded shared CPU, where OpenMP spin-waits make multi-threaded timings noise")
     ap.add_argument("--data-seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="CPU smoke run: 20k train, 2,500 steps, 1 seed")
     ap.add_argument("--readme", action="store_true", help="write the bench/README.md section")

@@ -13,7 +13,7 @@ def test_bench_probe_runs_all_paths_on_a_learnable_mixture():
     x, y = class_mixture(90, 8, 3, means_seed=0, sample_seed=0)
     x2, _ = class_mixture(90, 8, 3, means_seed=0, sample_seed=1)
     assert x.shape == (90, 8) and np.bincount(y).tolist() == [30, 30, 30] and not np.array_equal(x, x2)
-    args = argparse.Namespace(device="cpu", dim=16, classes=3, train=2000, val=300, test=300, steps=600, eva_steps=8, seeds=1,
+    args = argparse.Namespace(device="cpu", dim=16, classes=3, train=2000, val=300, test=300, steps=600, eva_steps=8, seeds=1, threads=0,
                               data_seed=0)
     result = run(args)
     (row,) = result["rows"]
