@@ -190,8 +190,8 @@ def table(result: dict) -> str:
     m, p, e = result["machine"], result["protocol"], result["eva"]
     lines = [f"{result['train']:,} train / {result['val']:,} val / {result['test']:,} test embeddings, {result['dim']}-d, "
              f"{result['classes']} classes; eva preset ({p['task']}.yaml: at most {p['steps']:,} steps, batch {p['batch_size']}, "
-             f"patience {p['patience']}); {result['device']} (`--device {result['device_arg']}`, {result['torch_threads']} torch "
-             f"threads, torch {result['torch']}), git {m['git_sha']}, load {m['load_1min']} at start, {result['date']}.",
+             f"patience {p['patience']}); {result['device']} (`--device {result['device_arg']}`, torch threads "
+             f"{result['torch_threads']}, torch {result['torch']}), git {m['git_sha']}, load {m['load_1min']} at start, {result['date']}.",
              "", "| seed | steps (epochs) | pluto s | raw s | pluto / raw | pluto ms/step | pluto test bacc | raw test bacc |",
              "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['seed']} | {r['steps']:,} ({r['epochs']}) | {r['pluto_s']:.2f} | {r['raw_s']:.2f} | {r['x_raw']:.2f} | "
@@ -203,9 +203,15 @@ def table(result: dict) -> str:
     elif e:
         lines += ["", f"eva's trainer: {e['skipped']}."]
     if result["device_arg"] == "cpu":
-        lines += ["", "No GPU in the session that wrote this: a CPU run on a 2-core VM shared with other jobs"
-                  + ("" if p["steps"] == probe_protocol_for(TASK, "eva").steps and result["train"] >= 100_000
-                     else ", at reduced size (steps/embeddings above)") + "; GPU figures pending."]
+        full = p["steps"] == probe_protocol_for(TASK, "eva").steps and result["train"] >= 100_000
+        lines += ["", "No GPU in the session that wrote this: a CPU run on a 2-core VM shared with other jobs, "
+                  + ("at the full size" if full else "at reduced size (steps/embeddings above)")
+                  + f", every path on the same torch threads (`--threads`). A run ends where eva's would:"
+                  f" early stopping (patience {p['patience']} epochs of {-(-result['train'] // p['batch_size']):,} steps) or max_steps;"
+                  " raw runs the same number of steps."
+                  " GPU figures pending (no device lent):", "",
+                  "    python -m bench.bench_probe --device cuda --dim 384  --readme     # ViT-S CLS embeddings",
+                  "    python -m bench.bench_probe --device cuda --dim 1536 --readme     # ViT-G CLS embeddings"]
     return "\n".join(lines)
 
 
