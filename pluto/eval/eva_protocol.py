@@ -7,7 +7,8 @@ Plain dataclasses (no YAML parsing at run time) so evaluation imports with torch
 
 Facts the configs leave implicit, from eva's and torch's code at the same versions:
 - `weight_decay`: no config sets it, so it is `torch.optim.AdamW`'s default, 0.01.
-- No config sets a scheduler: the learning rate is constant.
+- No config sets a scheduler, so eva's modules (`HeadModule`, `SemanticSegmentationModule`) use their
+  default, torch's `ConstantLR` with its defaults: lr / 3 for the first 5 epochs, then lr.
 - eva validates once per epoch; `patience` counts validation checks (epochs) without improvement on
   `monitor`, and `checkpoint_type: best` scores the test split with the best-validation weights.
 - A binary task has one output and `BCEWithLogitsLoss` (MHIST, PCam, Camelyon16).
