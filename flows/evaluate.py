@@ -14,6 +14,7 @@ from flows.common import cached_or_refresh, resolve, stage_cache_key, stage_run,
 from pluto.config import Settings
 from pluto.eval.records import EVAL_SUITE_VERSION
 from pluto.registry.checkpoint_store import sha256_file
+from pluto.registry.lineage import metric_key
 
 
 def bundled_tasks(s: Settings) -> list[dict[str, Any]]:
@@ -35,9 +36,8 @@ def table_rows(result: dict) -> list[dict[str, Any]]:
 
 
 def metric_name(row: dict[str, Any]) -> str:
-    """MLflow metric key of a table row: the model's as before, a baseline's under `baseline.<name>.`."""
-    key = f"{row['task']}.{row['mode']}.{row['metric']}"
-    return key if row["model"] == "model" else f"baseline.{row['model']}.{key}"
+    """MLflow metric key of a table row: the model's, or a baseline's under `baseline.<name>.`."""
+    return metric_key(row["task"], row["mode"], row["metric"], None if row["model"] == "model" else row["model"])
 
 
 @task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json")

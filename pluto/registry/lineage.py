@@ -37,16 +37,23 @@ def log_data_version(tracking_uri: str, run_id: str, md5: str, dvc_file: Path, r
     MlflowClient(tracking_uri).log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags)])
 
 
+def metric_key(task: str, mode: str, metric: str, baseline: str | None = None) -> str:
+    """MLflow metric name of one record: `<task>.<mode>.<metric>`, under `baseline.<name>.` for a baseline.
+    MLflow refuses '+' in names (the whole batch with it), so the mode `cls+mean` is written `cls_mean`."""
+    key = f"{task}.{mode.replace('+', '_')}.{metric}"
+    return f"baseline.{baseline}.{key}" if baseline else key
+
+
 def eval_metrics(suite: dict[str, Any], baselines: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, float]:
-    """Flat metric names for a suite result: `<task>.<mode>.<metric>` (mean over runs), `..._std`, the suite
-    score, and `baseline.<name>.<task>.<metric>` for the random-init twin and mean-RGB."""
+    """Flat metrics of a suite result: each record's mean over runs (`metric_key`) and its `_std`, the suite
+    score, and the baselines' means (random-init twin, mean-RGB)."""
     out = {"suite_score": float(suite["score"])}
     for r in suite["records"]:
-        key = f"{r['task']}.{r['embedding_mode']}.{r['metric']}"
+        key = metric_key(r["task"], r["embedding_mode"], r["metric"])
         out[key], out[f"{key}_std"] = float(r["mean"]), float(r["std"])
     for name, records in (baselines or {}).items():
         for r in records:
-            out[f"baseline.{name}.{r['task']}.{r['metric']}"] = float(r["mean"])
+            out[metric_key(r["task"], r["embedding_mode"], r["metric"], name)] = float(r["mean"])
     return out
 
 

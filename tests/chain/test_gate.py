@@ -152,3 +152,18 @@ def test_evaluate_flow_table_and_mlflow_metrics_carry_the_baselines():
     assert [(r["model"], r["mean"], r["n"]) for r in rows] == [("model", 0.85, 2), ("random_init", 0.5, 2), ("mean_rgb", 0.65, 2)]
     assert [metric_name(r) for r in rows] == ["crc.cls.balanced_accuracy", "baseline.random_init.crc.cls.balanced_accuracy",
                                               "baseline.mean_rgb.crc.mean_rgb.balanced_accuracy"]
+
+
+def test_metric_names_are_ones_mlflow_accepts():
+    """MLflow refuses a whole metric batch over one name with '+': the cls+mean mode is written cls_mean."""
+    from mlflow.utils.validation import _validate_metric_name
+
+    from pluto.registry.lineage import eval_metrics
+
+    rec = {"task": "crc", "metric": "balanced_accuracy", "mean": 0.8, "std": 0.01}
+    names = eval_metrics({"score": 0.8, "records": [{**rec, "embedding_mode": "cls+mean"}]},
+                         {"mean_rgb": [{**rec, "embedding_mode": "mean_rgb"}]})
+    assert set(names) == {"suite_score", "crc.cls_mean.balanced_accuracy", "crc.cls_mean.balanced_accuracy_std",
+                          "baseline.mean_rgb.crc.mean_rgb.balanced_accuracy"}
+    for name in names:
+        _validate_metric_name(name)
