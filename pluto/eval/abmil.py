@@ -151,6 +151,7 @@ def _fit_abmil(train_bags, train_y, val_bags, val_y, test_bags, test_y, protocol
     predict = lambda bags: _predict(model, bags, protocol.batch_size, protocol.binary, device)  # noqa: E731
     loop = train_epochs(model, opt, len(train_bags), protocol.batch_size, loss_of,
                         lambda: balanced_accuracy(val_y, predict(val_bags)), protocol.patience,
-                        torch.Generator().manual_seed(seed), max_epochs=protocol.max_epochs)
+                        torch.Generator().manual_seed(seed), max_epochs=protocol.max_epochs,
+                        scheduler=torch.optim.lr_scheduler.ConstantLR(opt))  # HeadModule's default, stepped per epoch
     pred = predict(test_bags)
     return MilFit(pred, balanced_accuracy(test_y, pred), loop.best_epoch, loop.epochs, loop.val_history)

@@ -129,7 +129,8 @@ def _fit_segmentation(train_tokens, train_masks, val_tokens, val_masks, test_tok
         return dice_without_background(pred, masks, protocol.label_classes, protocol.ignore_index)
 
     loop = train_epochs(dec, opt, len(tt), protocol.batch_size, batch_loss, lambda: score(val_tokens, val_masks),
-                        protocol.patience, torch.Generator().manual_seed(seed), max_steps=protocol.max_steps)
+                        protocol.patience, torch.Generator().manual_seed(seed), max_steps=protocol.max_steps,
+                        scheduler=torch.optim.lr_scheduler.ConstantLR(opt))  # SemanticSegmentationModule's default, per epoch
     with torch.no_grad():
         test = score(test_tokens, test_masks)
     return SegFit(test, loop.best_epoch, loop.epochs, loop.steps, loop.val_history)

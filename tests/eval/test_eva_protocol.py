@@ -80,3 +80,17 @@ def test_weight_decay_default_is_torchs():
 def test_every_vendored_config_has_an_entry():
     vendored = {str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")}
     assert vendored == {t.config for t in EVA_TASKS.values()}
+
+
+def test_evas_modules_default_to_constant_lr_warm_up():
+    """No vendored config sets a scheduler, so eva's module default applies; our loops pass the same ConstantLR."""
+    import inspect
+
+    import torch
+    from eva.core.models.modules import HeadModule
+    from eva.vision.models.modules import SemanticSegmentationModule
+
+    for module in (HeadModule, SemanticSegmentationModule):
+        assert inspect.signature(module).parameters["lr_scheduler"].default is torch.optim.lr_scheduler.ConstantLR
+    for task in EVA_TASKS.values():
+        assert "lr_scheduler" not in load_eva_config(task.config)["model"]["init_args"]
