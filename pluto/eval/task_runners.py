@@ -21,7 +21,7 @@ from pluto.eval.embeddings import extract_embeddings, input_px, model_id, patch_
 from pluto.eval.eval_config import EvalConfig
 from pluto.eval.hest import hest_fold_pearson
 from pluto.eval.images import ArrayImages, SlideTiles, resize_and_crop, resize_and_crop_mask
-from pluto.eval.labeled import DatasetLayoutError
+from pluto.eval.labeled import DatasetLayoutError, check_evaluable
 from pluto.eval.linear_probe import pooled_out_of_fold
 from pluto.eval.records import EvalRecord
 from pluto.eval.segmentation import fit_segmentation, seg_protocol
@@ -91,6 +91,9 @@ def run_abmil(model: nn.Module, task: TaskConfig, cfg: EvalConfig, on_progress: 
     protocol = mil_protocol(cfg.preset, task.dataset)
     seeds = seeds_for(cfg, protocol.n_seeds)
     dataset, bag_items, y, splits, groups, k, incomplete = _bag_data(task, input_px(model), protocol)
+    # the same refusal as every probe set: a slide class under 2 bags or in one split only scores nothing
+    check_evaluable([str(c) for c in y], None if splits is None or task.split == "cv" else [str(s) for s in splits],
+                    f"task {task.name} ({task.root})")
     records = []
     for mode in cfg.modes:
         tiles = embed(model, dataset, mode, cfg, on_progress)

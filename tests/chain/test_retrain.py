@@ -216,7 +216,7 @@ def test_each_version_points_at_its_retrain_run_with_metrics_params_dataset_and_
         assert run.data.params["seed"] == str(result["seed"])
         assert run.data.tags[GIT_COMMIT_TAG] == run.data.tags["pluto.git_sha"]
         (dataset,) = run.inputs.dataset_inputs
-        assert dataset.dataset.digest == result["data"]["md5"] and dataset.dataset.source.endswith("data.dvc")
+        assert dataset.dataset.digest == result["data"]["md5"] and json.loads(dataset.dataset.source)["uri"].endswith("/data.dvc")
         assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == "training"
         assert "data/data.dvc" in {a.path for a in client.list_artifacts(mv.run_id, "data")}
         assert mv.description.startswith(f"pluto-tiny v{version}: 4 steps of pluto_tiny (seed {result['seed']})")
