@@ -15,7 +15,8 @@ from pluto.errors import ConfigError, QuarantineReason, SlideError
 
 REPO = Path(__file__).resolve().parent.parent
 TORCH_ONLY = ["models", "ssl", "train", "eval"]
-EDGE_LIBS = {"mlflow", "prefect", "openslide", "boto3", "pydantic", "pydantic_settings", "dvc", "great_expectations"}
+EDGE_LIBS = {"mlflow", "prefect", "openslide", "boto3", "pydantic", "pydantic_settings", "dvc", "great_expectations",
+             "sklearn", "torchmetrics", "lightning", "eva", "monai"}  # the GPU machine has torch + timm, not these
 
 
 def test_settings_precedence_defaults_file_env_flags(tmp_path, monkeypatch):
