@@ -47,7 +47,8 @@ def test_model_champion_baselines_and_papers_side_by_side():
     assert bach[pluto4] == ("[cls] PLUTO-4S-8 0.827, PLUTO-4S-16 0.796, PLUTO-4G 0.938; "  # PLUTO-4 Table 3, per embedding
                             "[cls+mean] PLUTO-4S-8 0.851, PLUTO-4S-16 0.798, PLUTO-4G 0.932")
     assert bach[midnight].startswith("[cls] not reported; [cls+mean] protocol differs")
-    assert consep[pluto4] == "PLUTO-4S-8 0.649, PLUTO-4S-16 0.621, PLUTO-4G 0.650"
+    # PLUTO-4 Table 5's CoNSeP numbers come from eva's ConvDecoderWithImage, not the vendored configs' decoder
+    assert consep[pluto4].startswith("protocol differs: PLUTO-4 used eva's ConvDecoderWithImage")
 
 
 def test_missing_champion_and_baselines_are_said_not_dropped():
