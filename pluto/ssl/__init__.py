@@ -8,6 +8,7 @@ from pluto.lazy_exports import lazy_exports
 
 __getattr__, __all__ = lazy_exports(__name__, {
     **dict.fromkeys(["SoftmaxCenter", "TeacherTargets", "sinkhorn_knopp"], "centering"),
+    **dict.fromkeys(["collapse_monitors", "collapse_verdict"], "collapse"),
     **dict.fromkeys(["SSLConfig", "ssl_preset"], "config"),
     **dict.fromkeys(["DINOLoss"], "dino_loss"),
     **dict.fromkeys(["DINOHead"], "heads"),

@@ -18,6 +18,7 @@ from torch import nn
 
 from pluto.errors import PlutoError
 from pluto.ssl.centering import TeacherTargets
+from pluto.ssl.collapse import collapse_monitors
 from pluto.ssl.config import SSLConfig
 from pluto.ssl.dino_loss import DINOLoss
 from pluto.ssl.heads import DINOHead
@@ -37,10 +38,8 @@ def _heads(embed_dim: int, cfg: SSLConfig) -> dict[str, nn.Module]:
 class DinoV2Objective(nn.Module):
     """forward(batch, teacher_temp, patch_size) -> flat dict of fp32 scalars; "loss" is the weighted sum.
 
-    Keys: "loss", the unweighted terms that are on ("dino", "ibot", "koleo", "kde") and two
-    detached collapse monitors: "teacher_entropy" (nats; entropy of the batch-mean teacher softmax,
-    -> 0 when every image maps to one prototype) and "cls_std" (std over the batch of the
-    L2-normalised teacher CLS embedding, mean over dims; ~1/sqrt(D) when spread, -> 0 on collapse).
+    Keys: "loss", the unweighted terms that are on ("dino", "ibot", "koleo", "kde") and the
+    detached collapse monitors of `pluto.ssl.collapse.collapse_monitors`.
     """
 
     def __init__(self, student_backbone: nn.Module, teacher_backbone: nn.Module, cfg: SSLConfig) -> None:
@@ -131,7 +130,8 @@ class DinoV2Objective(nn.Module):
         weights = {"dino": cfg.dino_weight, "ibot": cfg.ibot_weight, "koleo": cfg.koleo_weight, "kde": cfg.kde_weight}
         total = sum(weights[k] * v for k, v in losses.items())
         out = {"loss": total, **losses}
-        out.update(_collapse_monitors(t_cls, t_logits, teacher_temp))
+        center = self.dino_targets.softmax_center.center if self.dino_targets.softmax_center is not None else None
+        out.update(collapse_monitors(t_cls, t_logits, teacher_temp, center))
         return out
 
     def _masks(self, batch: dict[str, torch.Tensor], patch_size: int) -> torch.Tensor:
@@ -140,12 +140,3 @@ class DinoV2Objective(nn.Module):
             have = sorted(k for k in batch if k.startswith("masks_p"))
             raise PlutoError(f"batch has no iBOT masks for patch size {patch_size} ({key}); it has {have}")
         return batch[key].to(device=batch["global_crops"].device, dtype=torch.bool)
-
-
-@torch.no_grad()
-def _collapse_monitors(t_cls: torch.Tensor, t_logits: torch.Tensor, teacher_temp: float) -> dict[str, torch.Tensor]:
-    with torch.autocast(device_type=t_cls.device.type, enabled=False):
-        mean_p = torch.softmax(t_logits.float() / teacher_temp, dim=-1).mean(dim=0)
-        entropy = -(mean_p * torch.log(mean_p.clamp_min(1e-12))).sum()
-        cls_std = nn.functional.normalize(t_cls.float(), dim=-1).std(dim=0).mean()
-    return {"teacher_entropy": entropy, "cls_std": cls_std}

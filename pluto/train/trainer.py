@@ -75,6 +75,7 @@ class TrainResult:
     preempted: bool
     export_dir: Path | None
     history: list[dict[str, float]] = field(default_factory=list)
+    collapse: str | None = None  # pluto.ssl.collapse_verdict at the end of the run
 
 
 def git_sha() -> str:
@@ -205,6 +206,19 @@ def _knn_monitor(cfg: TrainConfig, backbone: nn.Module, device: torch.device) ->
     return {"knn_top1": float(np.mean(acc))}
 
 
+def _watch_collapse(history: list[dict[str, float]], embed_dim: int, previous: str | None, tracker: Any, step: int) -> str | None:
+    """Warn and tag the run (`pluto.collapse`) when the collapse verdict changes; "none" once it recovers."""
+    from pluto.ssl import collapse_verdict
+
+    verdict = collapse_verdict(history, embed_dim)
+    if verdict != previous and (verdict or previous):
+        if verdict:
+            log.warning("step %d: the teacher shows %s collapse (pluto.ssl.collapse); its features are unlikely to beat random init",
+                        step, verdict)
+        tracker.set_tags({"pluto.collapse": verdict or "none", "pluto.collapse_step": step})
+    return verdict
+
+
 def train(
     cfg: TrainConfig,
     info: DistInfo = DistInfo(),
@@ -286,6 +300,7 @@ def train(
     consecutive_nan = 0
     history: list[dict[str, float]] = []
     preempted = False
+    collapse: str | None = None
 
     def save(at_step: int) -> None:
         if is_main:
@@ -372,6 +387,8 @@ def train(
                                  values["loss"], metrics["lr"], images_s, 100 * metrics["data_wait_frac"])
                     if on_step is not None:
                         on_step(metrics)
+                    if step % cfg.log_every == 0 or step == cfg.steps:
+                        collapse = _watch_collapse(history, obj.student["backbone"].embed_dim, collapse, tracker, step)
                 if stop_any or step % cfg.ckpt_every == 0 or step == cfg.steps:
                     save(step)
                 if stop_any:
@@ -387,5 +404,5 @@ def train(
     finally:
         if tracker is not None:
             tracker.close(status)
-    return TrainResult(step, sample_index, nan_skipped, preempted, export_dir, history)
+    return TrainResult(step, sample_index, nan_skipped, preempted, export_dir, history, collapse)
 
