@@ -10,6 +10,10 @@ The work-dir lock records this flow run and its MLflow run; a run that finds suc
 a killed predecessor marks that one's runs KILLED / Crashed. At the end (success or not) every
 Tracker JSONL under the work dir is replayed into MLflow (`pluto.tracking.sync_runs`), so metrics
 queued during an outage or by a killed run arrive on the next run.
+
+On success the run records the ingest listing it took (fingerprinted before ingest) as seen by the
+new-slides sensor (`flows.sensor.mark_seen`); slides that landed later, or that a failed run
+listed, stay new and trigger another run.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ from prefect.runtime import flow_run
 
 from flows.common import end_dead_holder_runs, io_retries, local_cluster_kwargs, resolve, work_dir_lock
 from flows.evaluate import evaluate_flow
-from flows.ingest import ingest_flow
+from flows.ingest import ingest_flow, ingest_source
 from flows.pretrain import pretrain_flow
 from flows.qc import qc_flow
 from flows.register import register_flow
+from flows.sensor import mark_seen
 from flows.tile import tile_flow
+from pluto.data_version import source_fingerprint
 from pluto.registry.lineage import GIT_COMMIT_TAG, eval_metrics, log_data_version
 from pluto.registry.provenance import git_sha
 from pluto.registry.register import model_name
@@ -118,6 +124,8 @@ def retrain(config: dict[str, Any] | None = None, seed: int | None = None, launc
                                "steps": s.train.steps, "global_batch": s.train.global_batch,
                                "patch_sizes": ",".join(map(str, s.train.ssl.patch_sizes)), "warm_start": s.chain.warm_start,
                                "eval_preset": s.eval.preset})
+            src = ingest_source(s)
+            listing = source_fingerprint(src, s.s3.endpoint_url, s.s3.region)  # before ingest lists: never newer than it
             stages: dict[str, Any] = {
                 "ingest": ingest_flow(config, parent.run_id),
                 "qc": qc_flow(config, parent.run_id),
@@ -142,6 +150,7 @@ def retrain(config: dict[str, Any] | None = None, seed: int | None = None, launc
             )
             parent.log_metrics(eval_metrics(stages["evaluate"], stages["evaluate"].get("baselines")))
             status = "FINISHED"
+            mark_seen(src, listing)  # the new-slides sensor asks again for slides no successful run has covered
         finally:
             parent.close(status)
             replay_tracking(s.paths.work_dir, s.mlflow.tracking_uri)
