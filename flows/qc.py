@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
@@ -30,6 +31,29 @@ def qc_report(qc_dir: str, catalog: str) -> str:
     from pluto.qc import write_report
 
     return str(write_report(Path(qc_dir), Path(catalog)))
+
+
+def qc_markdown(summary: pd.DataFrame, report: str, run_url: str, top_reasons: int = 5) -> str:
+    """The QC artifact: counts, the most frequent flag reasons (each with one example slide) and links.
+
+    Its size does not grow with the cohort (a 500k-slide table would not render); the per-slide
+    table is the report's, logged to the MLflow qc run.
+    """
+    flagged = summary[summary["status"] != "ok"]
+    lines = [
+        "## QC summary", "",
+        f"{len(summary)} slides: {len(summary) - len(flagged)} ok, {len(flagged)} flagged; "
+        f"{int(summary['n_keep'].sum())} of {int(summary['n_cells'].sum())} grid cells kept.", "",
+    ]
+    if len(flagged):
+        top = flagged["reason"].value_counts().head(top_reasons)
+        rows = [{"reason": reason, "slides": int(n), "example": flagged.loc[flagged["reason"] == reason, "slide_id"].iloc[0]}
+                for reason, n in top.items()]
+        lines += [pd.DataFrame(rows).to_markdown(index=False), ""]
+        if rest := flagged["reason"].nunique() - len(top):
+            lines += [f"... and {rest} other reason(s).", ""]
+    lines.append(f"Per-slide table: `{report}`" + (f", logged to the [MLflow qc run]({run_url})" if run_url else ""))
+    return "\n".join(lines)
 
 
 @flow(name="qc")
@@ -57,14 +81,9 @@ def qc_flow(config: dict[str, Any] | None = None, parent_run_id: str | None = No
     report = qc_report(str(s.paths.qc_dir), str(s.paths.catalog))
     qc_hash = tables_hash([s.paths.qc_dir / QC_SUMMARY, *s.paths.qc_dir.glob("*/qc.parquet")])
     counts = {k: sum(r[k] for r in results) for k in ("slides", "flagged", "cells_kept")}
-    create_markdown_artifact(
-        key="qc-summary",
-        markdown=f"## QC summary\n\n{summary[['slide_id', 'status', 'tissue_frac', 'n_cells', 'n_keep']].to_markdown(index=False)}\n\n"
-        f"{counts['slides']} slides, {counts['flagged']} flagged; report: `{report}`",
-        description="QC summary of the cohort",
-    )
     with stage_run(s, "qc", parent_run_id) as tracker:
         tracker.log_params({"batches": len(batches), "cached": cached, "qc_hash": qc_hash})
         tracker.log_metrics({k: float(v) for k, v in counts.items()})
         tracker.log_artifact(Path(report))
+        create_markdown_artifact(key="qc-summary", markdown=qc_markdown(summary, report, tracker.url), description="QC summary of the cohort")
     return {**counts, "batches": len(batches), "cached": cached, "qc_hash": qc_hash}
