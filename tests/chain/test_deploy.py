@@ -1,18 +1,15 @@
 """`prefect deploy --all` of prefect.yaml against a real Prefect server on 127.0.0.1, checked through its API.
 
-The work pools are created from the same definitions the README gives (process pool, Kubernetes
-pool from deploy/prefect/k8s-work-pool.json); then the deployments must carry the weekly cron, the
-new-slides event trigger, concurrency 1 that cancels a colliding run, and settings parameters.
-The sensor flow's event really starts a retrain run through the server's automation.
+The work pools and their `retrain` queues are created as the README gives them (the `deployed`
+fixture, tests/chain/conftest.py); then the deployments must carry the weekly cron, the
+new-slides event trigger, concurrency 1 that queues a colliding run, and settings parameters.
+The sensor flow's event really starts a retrain run through the server's automation; the runs
+themselves are run by a worker in tests/chain/test_worker.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,37 +17,6 @@ import pytest
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def deployed(tmp_path_factory):
-    """A Prefect server with the two work pools and every deployment of prefect.yaml; yields its API URL."""
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.logging.handlers import APILogWorker
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from pluto.services import start_prefect
-
-    svc = start_prefect(tmp_path_factory.mktemp("prefect-home"))
-    api = f"{svc.url}/api"
-
-    async def pools(client):
-        await client.create_work_pool(WorkPoolCreate(name="pluto-local", type="process"))
-        template = json.loads((REPO / "deploy" / "prefect" / "k8s-work-pool.json").read_text())
-        await client.create_work_pool(WorkPoolCreate(name="pluto-k8s", type="kubernetes", base_job_template=template))
-
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: api}):
-            _call(pools)
-        env = {**os.environ, "PREFECT_API_URL": api}
-        out = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all"],
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        with temporary_settings(updates={PREFECT_API_URL: api}):
-            yield api
-            APILogWorker.drain_all(timeout=5)  # the sensor's flow-run logs, before the server goes
-    finally:
-        svc.stop()
 
 
 def _call(fn):
@@ -79,7 +45,8 @@ def test_deployments_carry_schedule_concurrency_parameters_and_pool(deployed):
     for name in ("weekly", "on-new-slides", "cluster-weekly"):
         d = deps[name]
         assert d.entrypoint == "flows/retrain.py:retrain"
-        assert d.global_concurrency_limit.limit == 1 and d.concurrency_options.collision_strategy.value == "CANCEL_NEW"
+        assert d.global_concurrency_limit.limit == 1 and d.concurrency_options.collision_strategy.value == "ENQUEUE"
+        assert d.work_queue_name == "retrain"  # the queue whose limit of 1 all retrain deployments of the pool share
         assert {"config", "seed", "launcher", "nproc"} <= set(d.parameter_openapi_schema["properties"])
         load_settings(**d.parameters["config"])  # the parameters resolve to valid settings
     assert weekly.parameters == {"config": {}, "launcher": "local", "nproc": 1} and weekly.work_pool_name == "pluto-local"
@@ -91,17 +58,27 @@ def test_deployments_carry_schedule_concurrency_parameters_and_pool(deployed):
     assert deps["sensor"].schedules[0].schedule.interval.total_seconds() == 900
 
 
-def test_a_second_retrain_of_a_deployment_is_cancelled_not_queued(deployed):
+def test_a_second_retrain_of_a_deployment_is_queued_not_cancelled(deployed):
     from prefect.states import Pending
 
     async def collide(client):
         d = await client.read_deployment_by_name("retrain/weekly")
         runs = [await client.create_flow_run_from_deployment(d.id) for _ in range(2)]
-        return [await client.set_flow_run_state(r.id, Pending()) for r in runs]
+        results = [await client.set_flow_run_state(r.id, Pending()) for r in runs]
+        for r in runs:  # leave no run holding the slot for the other tests
+            await client.delete_flow_run(r.id)
+        return results
 
     first, second = _call(collide)
     assert first.state.type.value == "PENDING"
-    assert second.state.type.value == "CANCELLED" and "concurrency limit" in second.details.reason
+    assert (second.state.type.value, second.state.name) == ("SCHEDULED", "AwaitingConcurrencySlot")  # waits, not cancelled
+
+
+def test_weekly_and_on_new_slides_share_one_limited_queue_per_pool(deployed):
+    async def queues(client):
+        return {pool: await client.read_work_queue_by_name("retrain", work_pool_name=pool) for pool in ("pluto-local", "pluto-k8s")}
+
+    assert {pool: q.concurrency_limit for pool, q in _call(queues).items()} == {"pluto-local": 1, "pluto-k8s": 1}
 
 
 def test_new_slides_event_triggers_the_on_new_slides_deployment(deployed, tmp_path, shared_data):
@@ -110,7 +87,9 @@ def test_new_slides_event_triggers_the_on_new_slides_deployment(deployed, tmp_pa
 
     from prefect.client.schemas.filters import FlowRunFilter
 
-    from flows.sensor import EVENT, new_slides_sensor
+    from prefect.variables import Variable
+
+    from flows.sensor import EVENT, new_slides_sensor, seen_variable, waiting_retrains
 
     async def automations(client):
         return await client.read_automations()
@@ -126,9 +105,14 @@ def test_new_slides_event_triggers_the_on_new_slides_deployment(deployed, tmp_pa
     shutil.copy(shared_data / "openslide_fixtures" / "small.svs", tmp_path)
     config = {"chain": {"ingest_prefix": str(tmp_path)}}
     assert new_slides_sensor(config) is True
-    assert new_slides_sensor(config) is False  # unchanged listing: no second event
     deadline = time.monotonic() + 60
     while not (runs := _call(triggered_runs)) and time.monotonic() < deadline:
         time.sleep(1)
     assert len(runs) == 1 and runs[0].created_by.type == "AUTOMATION"
     assert runs[0].parameters == {"config": {}, "launcher": "local", "nproc": 1}
+    # no worker here, so the run waits: it will list the prefix when it starts, and no second event is sent
+    assert waiting_retrains() == [str(runs[0].id)]
+    assert new_slides_sensor(config) is False
+    assert len(_call(triggered_runs)) == 1
+    # the slides are seen only once a retrain covering them succeeds, not when the event went out
+    assert Variable.get(seen_variable(str(tmp_path)), default=None) is None
