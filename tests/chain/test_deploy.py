@@ -56,6 +56,7 @@ def test_deployments_carry_schedule_concurrency_parameters_and_pool(deployed):
     assert cluster.job_variables["env"]["PLUTO_CHAIN__DASK_ADDRESS"].startswith("tcp://")
     assert [s.active for s in cluster.schedules] == [False]
     assert deps["sensor"].schedules[0].schedule.interval.total_seconds() == 900
+    assert deps["sensor"].work_queue_name == "default"  # polls while a retrain holds the retrain queue
 
 
 def test_a_second_retrain_of_a_deployment_is_queued_not_cancelled(deployed):

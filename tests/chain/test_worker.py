@@ -11,12 +11,14 @@ the UI's flow-run page in headless Chromium), and the QC artifact summarises.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -216,3 +218,62 @@ def test_qc_artifact_summarises_the_cohort(scenario):
     n_ok = int((summary["status"] == "ok").sum())
     assert f"{len(summary)} slides: {n_ok} ok, {len(summary) - n_ok} flagged" in art.data
     assert "[MLflow qc run](http://127.0.0.1:" in art.data
+
+
+def test_flow_run_page_in_headless_chromium_shows_the_library_log_lines(scenario, tmp_path):
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterName
+
+    qc = scenario["qc_a"]
+
+    async def logs(client):
+        return await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[qc.id]),
+                                                           name=LogFilterName(any_=["pluto.qc.run", "pluto.fanout"])))
+
+    messages = sorted({entry.message for entry in _call(logs)})
+    assert messages
+    text = _page_text(f"{scenario['ui']}/runs/flow-run/{qc.id}", tmp_path / "chromium", messages)
+    assert all(m in text for m in messages), (messages, text[-2000:])
+
+
+def _page_text(url: str, profile: Path, expect: list[str], timeout_s: float = 60.0) -> str:
+    """The page's rendered text (`innerText`) once it holds every string of `expect`, else at `timeout_s`.
+
+    Driven over the DevTools protocol rather than `--dump-dom`: the UI fetches the logs after the
+    page loads and draws them in a virtual scroller, which `--dump-dom` captures still empty. The
+    tall window keeps the whole log list in view, so the scroller renders it.
+    """
+    from websockets.sync.client import connect
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("chromium not installed: apt-get install -y chromium")
+    profile.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                             f"--user-data-dir={profile}", "--window-size=1600,2400", "--remote-debugging-address=127.0.0.1",
+                             "--remote-debugging-port=0", "about:blank"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout_s
+    try:
+        port_file = profile / "DevToolsActivePort"  # Chromium writes the port it picked here
+        while not (port_file.is_file() and port_file.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{int(port_file.read_text().split()[0])}/json/list", timeout=10) as resp:
+            page = next(target for target in json.load(resp) if target["type"] == "page")
+        with connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
+            def call(call_id: int, method: str, **params) -> dict:
+                ws.send(json.dumps({"id": call_id, "method": method, "params": params}))
+                while (msg := json.loads(ws.recv())).get("id") != call_id:
+                    pass  # events and other replies
+                return msg["result"]
+
+            call(1, "Page.navigate", url=url)
+            text, call_id = "", 2
+            while time.monotonic() < deadline and not all(e in text for e in expect):
+                time.sleep(0.5)
+                text = call(call_id, "Runtime.evaluate", expression="document.body ? document.body.innerText : ''",
+                            returnByValue=True)["result"].get("value", "")
+                call_id += 1
+            return text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
