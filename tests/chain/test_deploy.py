@@ -3,8 +3,9 @@
 The work pools and their `retrain` queues are created as the README gives them (the `deployed`
 fixture, tests/chain/conftest.py); then the deployments must carry the weekly cron, the
 new-slides event trigger, concurrency 1 that queues a colliding run, and settings parameters.
-The sensor flow's event really starts a retrain run through the server's automation; the runs
-themselves are run by a worker in tests/chain/test_worker.py.
+The sensor flow's event really starts a retrain run through the server's automation, and a failed
+retrain leaves its slides new; the runs themselves, and a successful run marking its slides seen,
+are run by a worker in tests/chain/test_worker.py.
 """
 
 from __future__ import annotations
@@ -117,3 +118,22 @@ def test_new_slides_event_triggers_the_on_new_slides_deployment(deployed, tmp_pa
     assert len(_call(triggered_runs)) == 1
     # the slides are seen only once a retrain covering them succeeds, not when the event went out
     assert Variable.get(seen_variable(str(tmp_path)), default=None) is None
+
+
+def test_a_failed_retrain_leaves_its_slides_new_for_the_sensor(deployed, tmp_path, shared_data):
+    import shutil
+
+    from prefect.variables import Variable
+
+    from flows.retrain import retrain
+    from flows.sensor import seen_variable
+    from pluto.errors import PlutoError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(shared_data / "openslide_fixtures" / "unreadable.svs", src)  # QC has no slide to work on: the run fails
+    config = {"paths": {"work_dir": str(tmp_path / "work")}, "mlflow": {"tracking_uri": ""},
+              "chain": {"ingest_prefix": str(src), "dask_workers": 1, "task_retries": 0}}
+    with pytest.raises(PlutoError):
+        retrain(config)
+    assert Variable.get(seen_variable(str(src)), default=None) is None
