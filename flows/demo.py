@@ -67,6 +67,7 @@ def main() -> None:
             f"registered {reg['record']['name']} v{reg['record']['version']}: "
             + ("promoted to champion" if reg["decision"]["promote"] else "not promoted: " + "; ".join(reg["decision"]["reasons"])),
             GateDecision.from_dict(reg["decision"]).markdown(),  # beside the champion: the random-init twin and mean RGB
+            f"gate: {reg['decision']['summary']}",  # includes the quality floor: paired vs the random-init twin
             f"MLflow UI:  {mlflow.url}  (model: {reg['url']})",
             f"Prefect UI: {prefect.url}",
         ]

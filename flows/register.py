@@ -74,7 +74,8 @@ def register_flow(
         table = GateDecision.from_dict(decision).markdown()  # per task: candidate, champion, random init, mean RGB, margin
         describe_version(s.mlflow.tracking_uri, record["name"], record["version"], version_description(
             record["name"], record["version"], trained or f"registered from {model_dir}", scores.score,
-            champion if champion and champion[0] != record["version"] else None, verdict) + f"\n\n{table}")
+            champion if champion and champion[0] != record["version"] else None, verdict)
+            + f"\n\nQuality floor: {scores.floor.get('reason', 'not computed')}\n\n{table}")
         url = f"{s.mlflow.tracking_uri.rstrip('/')}/#/models/{record['name']}/versions/{record['version']}?workflowType=machine_learning"
     create_link_artifact(key="mlflow-model-version", link=url, link_text=f"{record['name']} v{record['version']}")
     create_markdown_artifact(key="gate-decision",

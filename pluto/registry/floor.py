@@ -36,7 +36,7 @@ class FloorCheck:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"tasks": list(self.tasks)}  # JSON's shape, so it round-trips through a version tag
 
 
 def _paired(result: dict[str, Any]) -> tuple[list[str], np.ndarray, float]:

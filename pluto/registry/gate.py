@@ -8,8 +8,10 @@ larger across-run std of the two models on that task, over whatever their runs v
 bootstrap) and never smaller than `min_margin`; a task where neither model has more than one run has
 no spread, and its margin is `min_margin`, said so in the decision. A task the champion was scored on
 but the candidate was not counts as a block. Every decision carries a table (candidate, champion,
-random-init twin, mean RGB, margin, verdict per task). Pure functions: the registry calls `decide`
-and records the decision next to the model version.
+random-init twin, mean RGB, margin, verdict per task). Whatever the champion, a candidate that does
+not beat its own random-init twin (pluto.registry.floor: paired over the same runs, > 2 SE) is
+registered but not promoted, with the reason on the version. Pure functions: the registry calls
+`decide` and records the decision next to the model version.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pluto.errors import PlutoError
+from pluto.registry.floor import check_floor
 
 BASELINES_SHOWN = ("random_init", "mean_rgb")
 
@@ -36,6 +39,7 @@ class SuiteScores:
     task_protocols: dict[str, str] = field(default_factory=dict)  # "linear_probe/quick [cls]"; absent = unknown
     spread_over: dict[str, str] = field(default_factory=dict)  # "seeds" | "folds" | "bootstrap" | "patient folds"
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    floor: dict[str, Any] = field(default_factory=dict)  # pluto.registry.floor.FloorCheck as a dict; empty = not computed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,6 +55,7 @@ class SuiteScores:
             task_protocols={k: str(v) for k, v in d.get("task_protocols", {}).items()},
             spread_over={k: str(v) for k, v in d.get("spread_over", {}).items()},
             baselines={b: {k: float(v) for k, v in t.items()} for b, t in d.get("baselines", {}).items()},
+            floor=dict(d.get("floor", {})),
         )
 
     @classmethod
@@ -77,6 +82,7 @@ class SuiteScores:
             task_protocols={r.task: f"{r.protocol} [{r.embedding_mode}]" for r in records},
             spread_over={r.task: str(r.extra.get("spread_over", "seeds")) for r in records},
             baselines={name: {r.task: float(r.mean) for r in recs} for name, recs in baselines.items()},
+            floor=check_floor(result).to_dict(),
         )
 
     def to_json(self) -> str:
@@ -145,17 +151,27 @@ def _row(task: str, candidate: SuiteScores, champion: SuiteScores | None, margin
     return row | {"margin": margin, "verdict": verdict}
 
 
+def _floor(candidate: SuiteScores) -> tuple[list[str], str]:
+    """(blocking reasons, note for the summary) of the candidate's quality floor."""
+    if not candidate.floor:
+        return [], "quality floor not computed"
+    reason = f"quality floor: {candidate.floor['reason']}"
+    return ([reason] if candidate.floor["passed"] is False else []), reason
+
+
 def decide(candidate: SuiteScores, champion: SuiteScores | None, min_margin: float) -> GateDecision:
-    """Promote `candidate` over `champion` (None: no champion yet, promote)?"""
+    """Promote `candidate` over `champion` (None: no champion yet)? Either way it must clear its quality floor."""
+    floor_block, floor_note = _floor(candidate)
     if champion is None:
         table = tuple(_row(t, candidate, None, "–", "no champion") for t in sorted(candidate.task_means))
-        return GateDecision(True, (), f"no champion yet; candidate suite score {candidate.score:.4f}", table=table)
+        summary = f"no champion yet; candidate suite score {candidate.score:.4f}; {floor_note}"
+        return GateDecision(not floor_block, tuple(floor_block), summary, table=table)
     tasks = sorted(set(champion.task_means) | set(candidate.task_means))
     why_not = _not_comparable(candidate, champion)
     if why_not:
         table = tuple(_row(t, candidate, champion, "–", "not comparable") for t in tasks)
         return GateDecision(False, tuple(why_not), "not comparable: " + "; ".join(why_not), comparable=False, table=table)
-    reasons, rows, no_spread = [], [], []
+    reasons, rows, no_spread = list(floor_block), [], []
     if candidate.score < champion.score:
         reasons.append(f"suite score {candidate.score:.4f} < champion {champion.score:.4f}")
     for task in tasks:
@@ -176,4 +192,5 @@ def decide(candidate: SuiteScores, champion: SuiteScores | None, min_margin: flo
     summary = f"candidate {candidate.score:.4f} vs champion {champion.score:.4f}"
     if no_spread:
         summary += f"; no spread (n = 1) on {', '.join(no_spread)}: margin min_margin {min_margin:.4f} there"
+    summary += f"; {floor_note}"
     return GateDecision(not reasons, tuple(reasons), summary, table=tuple(rows))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -55,3 +56,21 @@ def test_without_a_twin_on_the_same_runs_the_floor_says_it_was_not_checked():
     assert unpaired.passed is None and "not checked" in unpaired.reason
     one_run = check_floor(_result([_rec("crc", [0.6])], [_rec("crc", [0.4], "twin")]))
     assert one_run.passed is None and "no spread" in one_run.reason
+
+
+def test_the_gate_registers_but_never_promotes_a_candidate_below_its_floor():
+    from pluto.registry.gate import SuiteScores, decide
+
+    twin = [_rec("crc", [0.40, 0.45, 0.42, 0.38, 0.44], "twin")]
+    below = SuiteScores.from_suite(_result([_rec("crc", [0.41, 0.44, 0.43, 0.37, 0.45])], twin))
+    above = SuiteScores.from_suite(_result([_rec("crc", [0.60, 0.62, 0.61, 0.59, 0.63])], twin))
+    assert below.floor["passed"] is False and above.floor["passed"] is True
+    assert SuiteScores.from_dict(json.loads(below.to_json())).floor == below.floor  # travels with the version's scores
+    first = decide(below, None, 0.01)  # no champion yet: still not promoted
+    assert not first.promote and first.reasons[0].startswith("quality floor: does not beat its random-init twin")
+    assert decide(above, None, 0.01).promote
+    weak_champion = SuiteScores("2", 0.30, {"crc": 0.30}, {"crc": 0.01})
+    assert not decide(below, weak_champion, 0.01).promote  # beating the champion is not enough
+    unchecked = SuiteScores.from_suite(_result([_rec("crc", [0.60, 0.62, 0.61, 0.59, 0.63])], None))
+    d = decide(unchecked, None, 0.01)
+    assert d.promote and "quality floor: not checked" in d.summary  # said, not silently passed
