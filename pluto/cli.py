@@ -6,6 +6,7 @@ Settings resolve as defaults < --config file < PLUTO_* environment < flags.
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -311,12 +312,16 @@ def data_checkout_cmd(
 ) -> None:
     """Restore catalog, QC tables and tile manifests of a model version into the work dir."""
     from pluto.data_version import checkout_data
+    from pluto.registry.lineage import run_data_dvc
     from pluto.registry.register import get_record
 
     s = settings_from(ctx)
     record = get_record(s.mlflow.tracking_uri, model, version=model_version)
-    version = checkout_data(s.paths.work_dir, record.data_hash, s.chain.dvc_remote, s.s3.endpoint_url)
-    typer.echo(f"{model} v{model_version}: data {version.md5} restored into {s.paths.work_dir}")
+    with tempfile.TemporaryDirectory() as tmp:
+        dvc_file = run_data_dvc(s.mlflow.tracking_uri, record.run_id, Path(tmp)) if record.run_id else None
+        version = checkout_data(s.paths.work_dir, record.data_hash, s.chain.dvc_remote, s.s3.endpoint_url, dvc_file)
+    source = "its run's data.dvc" if dvc_file else "the md5 on the version (its run logged no data.dvc)"
+    typer.echo(f"{model} v{model_version}: data {version.md5} restored into {s.paths.work_dir} from {source}")
 
 
 services_app = typer.Typer(help="Local servers on 127.0.0.1.", no_args_is_help=True)

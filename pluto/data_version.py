@@ -215,14 +215,27 @@ def restore_tables(work_dir: Path) -> None:
         write_with(dest, lambda tmp: shutil.copyfile(src, tmp))
 
 
-def checkout_data(work_dir: Path, md5: str, remote_url: str, endpoint_url: str | None = None) -> DataVersion:
-    """Restore data version `md5` from the remote into `work_dir` (a fresh dir works)."""
+def checkout_data(work_dir: Path, md5: str, remote_url: str, endpoint_url: str | None = None,
+                  dvc_file: Path | None = None) -> DataVersion:
+    """Restore data version `md5` from the remote into `work_dir` (a fresh dir works).
+
+    `dvc_file`: the version's own `data.dvc` (the retrain logs it on its run), restored as DVC wrote
+    it; it must name `md5`. Without one (a version registered outside a retrain), a pointer holding
+    only the md5 is written, which is all `dvc pull` reads.
+    """
     if not re.fullmatch(r"[0-9a-f]{32}(\.dir)?", md5):  # it names cache/remote paths: never a path of its own
         raise PlutoError(f"{md5!r}: not a DVC data version (32 hex digits); refusing to check it out")
     work_dir = Path(work_dir).resolve()
     init_repo(work_dir, remote_url, endpoint_url)
     md5 = md5 if md5.endswith(".dir") else f"{md5}.dir"
-    (work_dir / f"{SNAPSHOT}.dvc").write_text(yaml.safe_dump({"outs": [{"md5": md5, "hash": "md5", "path": SNAPSHOT}]}))
+    target = work_dir / f"{SNAPSHOT}.dvc"
+    if dvc_file is not None:
+        recorded = yaml.safe_load(Path(dvc_file).read_text())["outs"][0]["md5"]
+        if recorded != md5:
+            raise PlutoError(f"{dvc_file}: names data {recorded}, but the model version records {md5}; refusing to mix them")
+        write_with(target, lambda tmp: shutil.copyfile(dvc_file, tmp))
+    else:
+        target.write_text(yaml.safe_dump({"outs": [{"md5": md5, "hash": "md5", "path": SNAPSHOT}]}))
     from dvc.exceptions import DvcException
 
     with _repo(work_dir) as repo:

@@ -82,3 +82,14 @@ def describe_version(tracking_uri: str, name: str, version: int, description: st
     from mlflow.tracking import MlflowClient
 
     MlflowClient(tracking_uri).update_model_version(name, str(version), description=description)
+
+
+def run_data_dvc(tracking_uri: str, run_id: str, dest_dir: Path) -> Path | None:
+    """The `data.dvc` a retrain logged on its run (artifact `data/data.dvc`), downloaded; None when the run has none."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return Path(download_artifacts(run_id=run_id, artifact_path="data/data.dvc", dst_path=str(dest_dir), tracking_uri=tracking_uri))
+    except (MlflowException, OSError):
+        return None

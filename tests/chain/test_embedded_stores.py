@@ -60,3 +60,16 @@ def test_services_refuse_a_busy_port_before_starting_anything(tmp_path):
     assert not (tmp_path / "mlflow").exists()
     with pytest.raises(PlutoError, match="embedded servers run at http://127.0.0.1:PORT"):
         start_services(tmp_path, "https://mlflow.example.org")
+
+
+def test_checkout_restores_the_versions_own_dvc_file_and_refuses_another(tmp_path):
+    work, remote = tmp_path / "work", (tmp_path / "stores" / "dvc").as_uri()
+    _tables(work, ["2026-01-01", "2026-01-02"])
+    v1 = commit_data(work, remote)
+    kept = tmp_path / "kept.dvc"
+    kept.write_bytes((work / "data.dvc").read_bytes())
+    fresh = tmp_path / "fresh"
+    assert checkout_data(fresh, v1.md5, remote, dvc_file=kept).md5 == v1.md5
+    assert (fresh / "data.dvc").read_bytes() == kept.read_bytes()
+    with pytest.raises(PlutoError, match="names data .* but the model version records"):
+        checkout_data(tmp_path / "other", "0" * 32, remote, dvc_file=kept)

@@ -150,8 +150,11 @@ def test_cli_in_a_new_process_checks_out_promotes_and_rolls_back_with_no_credent
     try:
         before = table_hash(work / "catalog.parquet")
         (work / "catalog.parquet").unlink()
-        assert "restored" in cli("data", "checkout", "--model-version", "1", "--model", "pluto-tiny")
+        kept = (work / "data.dvc").read_bytes()
+        (work / "data.dvc").unlink()
+        assert "from its run's data.dvc" in cli("data", "checkout", "--model-version", "1", "--model", "pluto-tiny")
         assert table_hash(work / "catalog.parquet") == before
+        assert (work / "data.dvc").read_bytes() == kept  # the file DVC wrote for that version, not a made-up pointer
         assert "-> v2" in cli("promote", "pluto-tiny", "2", "--why", "new shell")
         assert "rollback" in cli("rollback", "pluto-tiny", "--why", "back")
     finally:
