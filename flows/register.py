@@ -70,6 +70,10 @@ def register_flow(
             str(s.paths.work_dir / "registry" / "promotions.jsonl"),
         )
         tracker.set_tags({"pluto.model_version": record["version"], "pluto.promoted": decision["promote"]})
+        if decision["promote"] and s.chain.data_git:  # opt-in: model/<name>/v<N> at the commit of its data
+            from pluto.data_git import tag_model_version
+
+            tag_model_version(s.paths.work_dir, record["name"], record["version"], data_hash, s.chain.data_git_remote)
         verdict = "promoted to champion" if decision["promote"] else "not promoted: " + "; ".join(decision["reasons"])
         table = GateDecision.from_dict(decision).markdown()  # per task: candidate, champion, random init, mean RGB, margin
         describe_version(s.mlflow.tracking_uri, record["name"], record["version"], version_description(

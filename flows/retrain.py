@@ -54,10 +54,16 @@ def champion_model_dir(tracking_uri: str, name: str, dest_dir: str) -> str:
 
 
 @task
-def commit_data_version(work_dir: str, remote: str, endpoint_url: str | None) -> dict[str, Any]:
+def commit_data_version(work_dir: str, remote: str, endpoint_url: str | None, git: bool = False,
+                        git_remote: str | None = None) -> dict[str, Any]:
     from pluto.data_version import commit_data
 
-    return commit_data(work_dir, remote, endpoint_url).to_dict()
+    version = commit_data(work_dir, remote, endpoint_url)
+    if git:  # opt-in (chain.data_git): data.dvc committed and tagged data/<md5[:8]>
+        from pluto.data_git import commit_version
+
+        commit_version(Path(work_dir), version.md5, git_remote)
+    return version.to_dict()
 
 
 def replay_tracking(work_dir: Path, tracking_uri: str) -> None:
@@ -131,7 +137,8 @@ def retrain(config: dict[str, Any] | None = None, seed: int | None = None, launc
                 "qc": qc_flow(config, parent.run_id),
                 "tile": tile_flow(config, parent.run_id),
             }
-            data = io_retries(commit_data_version, s)(str(s.paths.work_dir), s.chain.dvc_remote, s.s3.endpoint_url)
+            data = io_retries(commit_data_version, s)(str(s.paths.work_dir), s.chain.dvc_remote, s.s3.endpoint_url,
+                                                      s.chain.data_git, s.chain.data_git_remote)
             parent.set_tags({"pluto.data_hash": data["md5"]})
             record_data_version(s, parent, data)
             init_from = ""

@@ -252,6 +252,12 @@ def promote_cmd(
     s = settings_from(ctx)
     event = promote(s.mlflow.tracking_uri, model, version, why=why, who=who, log_path=_promotion_log(s))
     typer.echo(f"{model}: champion v{event.previous} -> v{event.version} ({event.at}, {event.who})")
+    if s.chain.data_git:  # opt-in: model/<name>/v<N> at the commit of its data
+        from pluto.data_git import tag_model_version
+        from pluto.registry.register import get_record
+
+        record = get_record(s.mlflow.tracking_uri, model, version=version)
+        typer.echo(f"git tag {tag_model_version(s.paths.work_dir, model, version, record.data_hash, s.chain.data_git_remote)}")
 
 
 @app.command("rollback")

@@ -115,6 +115,10 @@ class ChainSettings(_Section):
     # unset = file stores under <work_dir>/stores, so data versions and checkpoints outlive any server
     dvc_remote: str | None = None
     checkpoint_store: str | None = None
+    # opt-in: commit data.dvc in git, tag data/<md5[:8]> and model/<name>/v<N> on promotion (pluto.data_git),
+    # pushing the tags to data_git_remote when set (a URL or path git can push to)
+    data_git: bool = False
+    data_git_remote: str | None = None
     multipart_chunk_mb: int = Field(64, ge=5)  # S3 minimum part size is 5 MiB
     dask_address: str | None = None  # existing Dask scheduler (tcp://...); None = LocalCluster on 127.0.0.1
     dask_workers: int = Field(2, ge=1)
