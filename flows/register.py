@@ -70,6 +70,10 @@ def register_flow(
             str(s.paths.work_dir / "registry" / "promotions.jsonl"),
         )
         tracker.set_tags({"pluto.model_version": record["version"], "pluto.promoted": decision["promote"]})
+        if decision["promote"] and s.chain.dvc_project:  # the project's data.dvc names the champion's data
+            from pluto.data_version import publish
+
+            publish(s.chain.dvc_project, s.paths.work_dir / "data.dvc", s.chain.dvc_remote, s.s3.endpoint_url)
         if decision["promote"] and s.chain.data_git:  # opt-in: model/<name>/v<N> at the commit of its data
             from pluto.data_git import tag_model_version
 

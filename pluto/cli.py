@@ -252,12 +252,7 @@ def promote_cmd(
     s = settings_from(ctx)
     event = promote(s.mlflow.tracking_uri, model, version, why=why, who=who, log_path=_promotion_log(s))
     typer.echo(f"{model}: champion v{event.previous} -> v{event.version} ({event.at}, {event.who})")
-    if s.chain.data_git:  # opt-in: model/<name>/v<N> at the commit of its data
-        from pluto.data_git import tag_model_version
-        from pluto.registry.register import get_record
-
-        record = get_record(s.mlflow.tracking_uri, model, version=version)
-        typer.echo(f"git tag {tag_model_version(s.paths.work_dir, model, version, record.data_hash, s.chain.data_git_remote)}")
+    _champion_data(s, model, version)
 
 
 @app.command("rollback")
@@ -273,6 +268,29 @@ def rollback_cmd(
     s = settings_from(ctx)
     event = rollback(s.mlflow.tracking_uri, model, why=why, who=who, log_path=_promotion_log(s))
     typer.echo(f"{model}: champion v{event.previous} -> v{event.version} (rollback by {event.who})")
+    _champion_data(s, model, event.version)
+
+
+def _champion_data(s: Settings, model: str, version: int) -> None:
+    """After the champion moved: the DVC project's data.dvc follows it, and (opt-in) git tags its data's commit."""
+    if not (s.chain.dvc_project or s.chain.data_git):
+        return
+    from pluto.registry.register import get_record
+
+    record = get_record(s.mlflow.tracking_uri, model, version=version)
+    if s.chain.dvc_project:
+        from pluto.data_version import publish
+        from pluto.registry.lineage import run_data_dvc
+
+        with tempfile.TemporaryDirectory() as tmp:
+            dvc_file = run_data_dvc(s.mlflow.tracking_uri, record.run_id, Path(tmp)) if record.run_id else None
+            if dvc_file is None:
+                raise PlutoError(f"{model} v{version}: its run logged no data.dvc, so {s.chain.dvc_project}/data.dvc cannot follow it")
+            typer.echo(f"{s.chain.dvc_project}/data.dvc -> {publish(s.chain.dvc_project, dvc_file, s.chain.dvc_remote, s.s3.endpoint_url).md5}")
+    if s.chain.data_git:  # opt-in: model/<name>/v<N> at the commit of its data
+        from pluto.data_git import tag_model_version
+
+        typer.echo(f"git tag {tag_model_version(s.paths.work_dir, model, version, record.data_hash, s.chain.data_git_remote)}")
 
 
 @app.command("register")

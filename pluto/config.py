@@ -117,6 +117,9 @@ class ChainSettings(_Section):
     checkpoint_store: str | None = None
     # opt-in: commit data.dvc in git, tag data/<md5[:8]> and model/<name>/v<N> on promotion (pluto.data_git),
     # pushing the tags to data_git_remote when set (a URL or path git can push to)
+    # the DVC project whose top-level data.dvc names the champion's data (the repository root; `make demo`
+    # sets it); a promotion points it at the new champion's data and pulls the tables into <project>/data
+    dvc_project: Path | None = None
     data_git: bool = False
     data_git_remote: str | None = None
     multipart_chunk_mb: int = Field(64, ge=5)  # S3 minimum part size is 5 MiB

@@ -247,3 +247,34 @@ def checkout_data(work_dir: Path, md5: str, remote_url: str, endpoint_url: str |
     restore_tables(work_dir)
     log.info("data version %s restored into %s", md5, work_dir)
     return read_version(work_dir)
+
+
+def publish(project: Path, dvc_file: Path, remote_url: str, endpoint_url: str | None = None) -> DataVersion:
+    """Point the DVC project's top-level `data.dvc` at the version `dvc_file` names, and pull it into `<project>/data`.
+
+    The project (the repository root, `chain.dvc_project`) commits `.dvc/config` and `data.dvc`; the
+    remote URL of this machine goes to `.dvc/config.local` (git-ignored), so publishing never edits a
+    committed config. `data.dvc` then names the champion's data: `git diff data.dvc` shows the change,
+    and `dvc pull` in a clone restores it wherever the remote is reachable.
+    """
+    project = Path(project).resolve()
+    if not (project / ".dvc" / "config").is_file():
+        raise PlutoError(f"{project}: not a DVC project (no .dvc/config); set chain.dvc_project to the repository root")
+    with _repo(project) as repo:
+        with repo.config.edit("local") as conf:
+            conf["remote"][REMOTE_NAME] = {"url": _dvc_url(remote_url), **({"endpointurl": endpoint_url} if endpoint_url else {})}
+    target = project / f"{SNAPSHOT}.dvc"
+    previous = target.read_bytes() if target.is_file() else None
+    write_with(target, lambda tmp: shutil.copyfile(dvc_file, tmp))
+    from dvc.exceptions import DvcException
+
+    with _repo(project) as repo:
+        try:
+            repo.pull(force=True)
+        except DvcException as exc:
+            if previous is not None:  # the project keeps naming the data it had
+                write_with(target, lambda tmp: Path(tmp).write_bytes(previous))
+            raise PlutoError(f"{dvc_file}: the DVC remote {remote_url} lacks its data ({exc}); {target} unchanged") from exc
+    out = yaml.safe_load((project / f"{SNAPSHOT}.dvc").read_text())["outs"][0]
+    log.info("DVC project %s: data.dvc -> %s", project, out["md5"])
+    return DataVersion(out["md5"], int(out.get("nfiles", 0)), int(out.get("size", 0)), remote_url)
