@@ -38,10 +38,10 @@ def register_task(model_dir: str, tracking_uri: str, run_id: str, scores: dict, 
 
 
 @task
-def gate_task(tracking_uri: str, name: str, version: int, min_margin: float, log_path: str) -> dict[str, Any]:
+def gate_task(tracking_uri: str, name: str, version: int, min_margin: float, log_path: str, floor: bool = True) -> dict[str, Any]:
     from pluto.registry.register import gate
 
-    return gate(tracking_uri, name, version, min_margin=min_margin, log_path=Path(log_path)).to_dict()
+    return gate(tracking_uri, name, version, min_margin=min_margin, log_path=Path(log_path), floor=floor).to_dict()
 
 
 @flow(name="register")
@@ -67,7 +67,7 @@ def register_flow(
         champion = champion_score(s.mlflow.tracking_uri, record["name"])
         decision = gate_task(
             s.mlflow.tracking_uri, record["name"], record["version"], s.chain.gate_min_margin,
-            str(s.paths.work_dir / "registry" / "promotions.jsonl"),
+            str(s.paths.work_dir / "registry" / "promotions.jsonl"), s.chain.quality_floor,
         )
         tracker.set_tags({"pluto.model_version": record["version"], "pluto.promoted": decision["promote"]})
         if decision["promote"] and s.chain.dvc_project:  # the project's data.dvc names the champion's data

@@ -151,17 +151,20 @@ def _row(task: str, candidate: SuiteScores, champion: SuiteScores | None, margin
     return row | {"margin": margin, "verdict": verdict}
 
 
-def _floor(candidate: SuiteScores) -> tuple[list[str], str]:
+def _floor(candidate: SuiteScores, enforce: bool) -> tuple[list[str], str]:
     """(blocking reasons, note for the summary) of the candidate's quality floor."""
+    if not enforce:
+        return [], "quality floor off (chain.quality_floor)"
     if not candidate.floor:
         return [], "quality floor not computed"
     reason = f"quality floor: {candidate.floor['reason']}"
     return ([reason] if candidate.floor["passed"] is False else []), reason
 
 
-def decide(candidate: SuiteScores, champion: SuiteScores | None, min_margin: float) -> GateDecision:
-    """Promote `candidate` over `champion` (None: no champion yet)? Either way it must clear its quality floor."""
-    floor_block, floor_note = _floor(candidate)
+def decide(candidate: SuiteScores, champion: SuiteScores | None, min_margin: float, floor: bool = True) -> GateDecision:
+    """Promote `candidate` over `champion` (None: no champion yet)? Either way it must clear its quality floor
+    (`floor=False`: reported as off, for smoke runs whose few steps leave the model at random init by design)."""
+    floor_block, floor_note = _floor(candidate, floor)
     if champion is None:
         table = tuple(_row(t, candidate, None, "–", "no champion") for t in sorted(candidate.task_means))
         summary = f"no champion yet; candidate suite score {candidate.score:.4f}; {floor_note}"

@@ -288,7 +288,7 @@ def _model_code(staging: Path) -> Path:
 
 
 def gate(
-    tracking_uri: str, name: str, version: int, *, min_margin: float, log_path: Path
+    tracking_uri: str, name: str, version: int, *, min_margin: float, log_path: Path, floor: bool = True
 ) -> GateDecision:
     """Compare `version` with the champion; promote it when the gate allows. Decision tagged on it."""
     from mlflow.tracking import MlflowClient
@@ -296,12 +296,15 @@ def gate(
     client = MlflowClient(tracking_uri)
     candidate = ModelRecord.from_version(client.get_model_version(name, str(version)))
     champ_version = current_version(client, name, CHAMPION)
+    if champ_version == version:  # re-gating the champion: nothing to compare it with, and nothing to move
+        log.info("%s v%s is already the champion; not re-gated", name, version)
+        return GateDecision(True, (), f"v{version} is already the champion; not re-gated")
     champion = None
-    if champ_version is not None and champ_version != version:
+    if champ_version is not None:
         champion = ModelRecord.from_version(client.get_model_version(name, str(champ_version))).scores
-    decision = decide(candidate.scores, champion, min_margin)
+    decision = decide(candidate.scores, champion, min_margin, floor)
     client.set_model_version_tag(name, str(version), TAG_GATE, json.dumps(decision.to_dict()))
-    if decision.promote and champ_version != version:
+    if decision.promote:
         promote(tracking_uri, name, version, why=f"gate: {decision.summary}", who="gate", log_path=log_path)
     else:
         log.info("%s v%s not promoted: %s", name, version, "; ".join(decision.reasons) or "already champion")

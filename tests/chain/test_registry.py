@@ -37,6 +37,10 @@ def test_register_gate_promote_rollback_and_serve_champion(mlflow_server, tiny_d
     again = _register(url, tiny_dirs[0], GOOD, "key-1", tmp_path)
     assert again.version == v1.version  # retried registration: no duplicate version
     assert gate(url, v1.name, v1.version, min_margin=0.01, log_path=log_path).promote
+    events = log_path.read_text().splitlines()
+    regated = gate(url, v1.name, v1.version, min_margin=0.01, log_path=log_path)  # the champion, gated again
+    assert regated.summary == f"v{v1.version} is already the champion; not re-gated" and "no champion" not in regated.summary
+    assert log_path.read_text().splitlines() == events  # and no second promotion event
 
     v2 = _register(url, tiny_dirs[1], WORSE, "key-2", tmp_path)
     blocked = gate(url, v2.name, v2.version, min_margin=0.01, log_path=log_path)

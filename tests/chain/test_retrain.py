@@ -49,8 +49,9 @@ def _config(work: Path, src: Path, mlflow_url: str) -> dict:
         "train": {"arch": "pluto_tiny", "ssl": ssl, "steps": 4, "batch_per_gpu": 2, "global_batch": 2,
                   "precision": "fp32", "num_workers": 0, "ckpt_every": 2},
         "eval": {"preset": "quick", "baselines": True, "n_seeds": 2, "cache_dir": str(work / "embeddings")},
+        # 4 training steps leave the model at random init by design: the floor would decide by chance
         "chain": {"ingest_prefix": str(src), "fanout_batch_slides": 1, "dask_workers": 2, "task_retries": 1,
-                  "retry_delay_s": 0.5},
+                  "retry_delay_s": 0.5, "quality_floor": False},
     }
 
 

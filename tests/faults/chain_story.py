@@ -80,7 +80,7 @@ def _config(work: Path, src: Path, mlflow_url: str, s3_url: str, buckets: tuple[
         "tiling": {"mpps": [0.5, 1.0], "tile_pxs": [112]},
         "train": {**base["train"], "ssl": ssl, "steps": STEPS, "batch_per_gpu": 2, "global_batch": 2, "ckpt_every": 2},
         "eval": {**base["eval"], "n_seeds": 2},
-        "chain": {**base["chain"], "ingest_prefix": str(src), "fanout_batch_slides": 1, "task_retries": 1, "retry_delay_s": 0.5,
+        "chain": {**base["chain"], "quality_floor": False, "ingest_prefix": str(src), "fanout_batch_slides": 1, "task_retries": 1, "retry_delay_s": 0.5,
                   "dvc_remote": f"s3://{buckets[0]}/dvc", "checkpoint_store": f"s3://{buckets[1]}/ckpt"},
     }
 
