@@ -68,7 +68,7 @@ def main() -> None:
             f"retrain finished in {time.monotonic() - started:.0f} s (seed {result['seed']}, data {result['data']['md5']})",
             f"stages from cache: {', '.join(cached) or 'none'}",
             f"registered {reg['record']['name']} v{reg['record']['version']}: "
-            + ("promoted to champion" if reg["decision"]["promote"] else "not promoted: " + "; ".join(reg["decision"]["reasons"])),
+            + reg["verdict"],
             GateDecision.from_dict(reg["decision"]).markdown(),  # beside the champion: the random-init twin and mean RGB
             f"gate: {reg['decision']['summary']}",  # includes the quality floor: paired vs the random-init twin
             f"MLflow UI:  {mlflow.url}  (model: {reg['url']})",

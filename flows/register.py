@@ -38,10 +38,12 @@ def register_task(model_dir: str, tracking_uri: str, run_id: str, scores: dict, 
 
 
 @task
-def gate_task(tracking_uri: str, name: str, version: int, min_margin: float, log_path: str, floor: bool = True) -> dict[str, Any]:
+def gate_task(tracking_uri: str, name: str, version: int, min_margin: float, log_path: str, floor: bool = True,
+              auto_promote: bool = True) -> dict[str, Any]:
     from pluto.registry.register import gate
 
-    return gate(tracking_uri, name, version, min_margin=min_margin, log_path=Path(log_path), floor=floor).to_dict()
+    return gate(tracking_uri, name, version, min_margin=min_margin, log_path=Path(log_path), floor=floor,
+                auto_promote=auto_promote).to_dict()
 
 
 @flow(name="register")
@@ -67,18 +69,20 @@ def register_flow(
         champion = champion_score(s.mlflow.tracking_uri, record["name"])
         decision = gate_task(
             s.mlflow.tracking_uri, record["name"], record["version"], s.chain.gate_min_margin,
-            str(s.paths.work_dir / "registry" / "promotions.jsonl"), s.chain.quality_floor,
+            str(s.paths.work_dir / "registry" / "promotions.jsonl"), s.chain.quality_floor, s.chain.auto_promote,
         )
-        tracker.set_tags({"pluto.model_version": record["version"], "pluto.promoted": decision["promote"]})
-        if decision["promote"] and s.chain.dvc_project:  # the project's data.dvc names the champion's data
+        promoted = decision["promote"] and s.chain.auto_promote
+        tracker.set_tags({"pluto.model_version": record["version"], "pluto.promoted": promoted})
+        if promoted and s.chain.dvc_project:  # the project's data.dvc names the champion's data
             from pluto.data_version import publish
 
             publish(s.chain.dvc_project, s.paths.work_dir / "data.dvc", s.chain.dvc_remote, s.s3.endpoint_url)
-        if decision["promote"] and s.chain.data_git:  # opt-in: model/<name>/v<N> at the commit of its data
+        if promoted and s.chain.data_git:  # opt-in: model/<name>/v<N> at the commit of its data
             from pluto.data_git import tag_model_version
 
             tag_model_version(s.paths.work_dir, record["name"], record["version"], data_hash, s.chain.data_git_remote)
-        verdict = "promoted to champion" if decision["promote"] else "not promoted: " + "; ".join(decision["reasons"])
+        verdict = ("promoted to champion" if promoted else "passes the gate; awaiting `pluto promote` (chain.auto_promote is off)"
+                   if decision["promote"] else "not promoted: " + "; ".join(decision["reasons"]))
         table = GateDecision.from_dict(decision).markdown()  # per task: candidate, champion, random init, mean RGB, margin
         describe_version(s.mlflow.tracking_uri, record["name"], record["version"], version_description(
             record["name"], record["version"], trained or f"registered from {model_dir}", scores.score,
@@ -88,4 +92,4 @@ def register_flow(
     create_link_artifact(key="mlflow-model-version", link=url, link_text=f"{record['name']} v{record['version']}")
     create_markdown_artifact(key="gate-decision",
                              markdown=f"**{record['name']} v{record['version']}**: {verdict} ({decision['summary']})\n\n{table}")
-    return {"record": record, "decision": decision, "url": url}
+    return {"record": record, "decision": decision, "url": url, "promoted": promoted, "verdict": verdict}

@@ -245,14 +245,47 @@ def promote_cmd(
     version: int = typer.Argument(..., help="Model version to make champion."),
     why: str = typer.Option(..., "--why", help="Reason, kept in the promotion log."),
     who: Optional[str] = typer.Option(None, "--who", help="Defaults to the login name."),
+    force: bool = typer.Option(False, "--force", help="Promote although the gate blocks it (the reason goes in the log)."),
 ) -> None:
-    """Point the `champion` alias at VERSION (tags who/why/when; append-only promotion log)."""
+    """Point the `champion` alias at VERSION after showing the gate's verdict; a failing gate needs --force."""
+    from mlflow.tracking import MlflowClient
+
     from pluto.registry.promotion import promote
+    from pluto.registry.register import gate_preview
 
     s = settings_from(ctx)
-    event = promote(s.mlflow.tracking_uri, model, version, why=why, who=who, log_path=_promotion_log(s))
+    verdict = gate_preview(MlflowClient(s.mlflow.tracking_uri), model, version, min_margin=s.chain.gate_min_margin,
+                           floor=s.chain.quality_floor)
+    typer.echo(f"gate: {'pass' if verdict.promote else 'BLOCK'}: {verdict.summary}")
+    if verdict.table:
+        typer.echo(verdict.markdown())
+    if not verdict.promote and not force:
+        raise PlutoError(f"{model} v{version}: the gate blocks it ({'; '.join(verdict.reasons)}); "
+                         "pass --force with --why to promote it anyway")
+    action = "promote" if verdict.promote else "force"
+    why = why if verdict.promote else f"{why} [forced over the gate: {'; '.join(verdict.reasons)}]"
+    event = promote(s.mlflow.tracking_uri, model, version, why=why, who=who, log_path=_promotion_log(s), action=action)
     typer.echo(f"{model}: champion v{event.previous} -> v{event.version} ({event.at}, {event.who})")
     _champion_data(s, model, version)
+
+
+registry_app = typer.Typer(help="Model registry checks.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+@registry_app.command("audit")
+def registry_audit_cmd(ctx: typer.Context, model: str = typer.Argument(..., help="Registered model, e.g. pluto-tiny.")) -> None:
+    """Log a champion alias moved outside pluto (MLflow UI or API) in the promotion log, so rollback follows it."""
+    from mlflow.tracking import MlflowClient
+
+    from pluto.registry.promotion import audit, champion_lock
+
+    s = settings_from(ctx)
+    client = MlflowClient(s.mlflow.tracking_uri)
+    with champion_lock(client, model, "audit"):
+        event = audit(client, model, _promotion_log(s))
+    typer.echo(f"{model}: champion moved outside pluto, v{event.previous} -> v{event.version}; logged as event {event.seq}"
+               if event else f"{model}: the champion alias agrees with the promotion log")
 
 
 @app.command("rollback")

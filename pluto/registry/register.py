@@ -28,7 +28,7 @@ from typing import Any
 from pluto.errors import PlutoError
 from pluto.registry.checkpoint_store import CheckpointRef
 from pluto.registry.gate import GateDecision, SuiteScores, decide
-from pluto.registry.promotion import CHALLENGER, CHAMPION, current_version, promote
+from pluto.registry.promotion import CHALLENGER, CHAMPION, audit, champion_lock, current_version, move_champion
 
 log = logging.getLogger(__name__)
 
@@ -287,25 +287,41 @@ def _model_code(staging: Path) -> Path:
     return dest
 
 
-def gate(
-    tracking_uri: str, name: str, version: int, *, min_margin: float, log_path: Path, floor: bool = True
-) -> GateDecision:
-    """Compare `version` with the champion; promote it when the gate allows. Decision tagged on it."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
+def gate_preview(client: Any, name: str, version: int, *, min_margin: float, floor: bool = True) -> GateDecision:
+    """The gate's verdict on `version` against the current champion, changing nothing."""
     candidate = ModelRecord.from_version(client.get_model_version(name, str(version)))
     champ_version = current_version(client, name, CHAMPION)
     if champ_version == version:  # re-gating the champion: nothing to compare it with, and nothing to move
-        log.info("%s v%s is already the champion; not re-gated", name, version)
         return GateDecision(True, (), f"v{version} is already the champion; not re-gated")
     champion = None
     if champ_version is not None:
         champion = ModelRecord.from_version(client.get_model_version(name, str(champ_version))).scores
-    decision = decide(candidate.scores, champion, min_margin, floor)
-    client.set_model_version_tag(name, str(version), TAG_GATE, json.dumps(decision.to_dict()))
-    if decision.promote:
-        promote(tracking_uri, name, version, why=f"gate: {decision.summary}", who="gate", log_path=log_path)
-    else:
-        log.info("%s v%s not promoted: %s", name, version, "; ".join(decision.reasons) or "already champion")
+    return decide(candidate.scores, champion, min_margin, floor)
+
+
+def gate(
+    tracking_uri: str, name: str, version: int, *, min_margin: float, log_path: Path, floor: bool = True, auto_promote: bool = True
+) -> GateDecision:
+    """Compare `version` with the champion, record the verdict on it, and (auto_promote) promote it when the gate allows.
+
+    Reading the champion, deciding and moving the alias happen under `champion_lock`, after an
+    `audit` that logs any alias change made outside pluto, so a concurrent promotion can neither
+    slip in between nor be compared against a stale champion.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    with champion_lock(client, name, "gate"):
+        audit(client, name, log_path)
+        decision = gate_preview(client, name, version, min_margin=min_margin, floor=floor)
+        if decision.summary.endswith("not re-gated"):
+            log.info("%s v%s is already the champion; not re-gated", name, version)
+            return decision
+        client.set_model_version_tag(name, str(version), TAG_GATE, json.dumps(decision.to_dict()))
+        if decision.promote and auto_promote:
+            move_champion(client, name, version, "promote", "gate", f"gate: {decision.summary}", log_path)
+        elif decision.promote:
+            log.info("%s v%s passes the gate; chain.auto_promote is off, so `pluto promote` makes it champion", name, version)
+        else:
+            log.info("%s v%s not promoted: %s", name, version, "; ".join(decision.reasons))
     return decision
