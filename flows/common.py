@@ -1,9 +1,12 @@
 """Plumbing shared by the flows: settings in, explicit cache keys, retries, the Dask runner, MLflow runs.
 
-Cache keys are explicit (`stage_cache_key`): `<task name>-<input data hash>-<config hash>`, the
-input hash being a content hash of the stage's input tables (or the slide listing for ingest),
-never a timestamp. A cached result is only trusted while the stage's outputs still exist in the
-work dir: `cached_or_refresh` forces a re-run when they are gone.
+Cache keys are explicit (`stage_cache_key`): `<task name>-<input hash>-<config hash>-<code hash>`,
+the input hash naming one slide's inputs (QC, tiling; `pluto.fanout.slide_key`) or a batch's listing
+(ingest), never a timestamp, and the code hash the source of the stage's pluto packages.
+Results live in Prefect's result storage: a shared volume (PREFECT_LOCAL_STORAGE_PATH) or a storage
+block (PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK) on a cluster, so every pod and Dask worker finds them.
+A cached result is only trusted while the stage's outputs still exist in the work dir:
+`cached_or_refresh` forces a re-run when they are gone.
 """
 
 from __future__ import annotations
@@ -143,7 +146,8 @@ def crash_flow_run(flow_run_id: str, message: str) -> bool:
 
 
 def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    return f"{context.task.name}-{parameters['input_hash']}-{parameters['config_hash']}"
+    """`<task>-<input>-<config>-<code>`; the code hash (`pluto.code_version`) retires outputs of older code."""
+    return f"{context.task.name}-{parameters['input_hash']}-{parameters['config_hash']}-{parameters['code_hash']}"
 
 
 def cached_or_refresh(task: Task, outputs: list[Path]) -> Task:

@@ -14,6 +14,7 @@ from typing import Any
 from prefect import flow, task
 
 from flows.common import cached_or_refresh, dask_runner, io_retries, resolve, stage_cache_key, stage_run, was_cached
+from pluto.code_version import code_version
 from pluto.config import Settings
 from pluto.data_version import table_hash
 from pluto.fanout import split_sources
@@ -33,7 +34,9 @@ def list_slides(src: str, endpoint_url: str | None, region: str, retries: int) -
 
 
 @task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json")
-def ingest_slide_batch(batch: str, work_dir: str, options: IngestOptions, input_hash: str, config_hash: str) -> dict[str, int]:
+def ingest_slide_batch(
+    batch: str, work_dir: str, options: IngestOptions, input_hash: str, config_hash: str, code_hash: str
+) -> dict[str, int]:
     from pluto.slides.ingest_file import ingest_batch
 
     records = ingest_batch(Path(batch), Path(work_dir), options)
@@ -61,6 +64,7 @@ def ingest_flow(config: dict[str, Any] | None = None, parent_run_id: str | None 
     sources = io_retries(list_slides, s)(src, s.s3.endpoint_url, s.s3.region, s.s3.retries)
     batches = split_sources(sources, s.chain.fanout_batch_slides, work / ".fanout" / "ingest-batches")
     config_hash = s.config_hash("slides", "ingest")
+    code_hash = code_version("pluto.slides.ingest_file")
     futures = []
     with dask_runner(s) as runner:
         for batch in batches:
@@ -69,6 +73,7 @@ def ingest_flow(config: dict[str, Any] | None = None, parent_run_id: str | None 
             futures.append(runner.submit(run, parameters={
                 "batch": str(batch), "work_dir": str(work), "options": options,
                 "input_hash": hashlib.sha256(batch.read_bytes()).hexdigest()[:16], "config_hash": config_hash,
+                "code_hash": code_hash,
             }))
         for f in futures:
             f.result()

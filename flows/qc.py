@@ -1,4 +1,9 @@
-"""`qc` flow: fan-out of `pluto.qc.run_qc` over slide batches on Dask, merged into work/qc/."""
+"""`qc` flow: `pluto.qc.run_qc` per slide, in slide batches on Dask, merged into work/qc/.
+
+Each slide is a cached task of its own (`qc_slide`, keyed by `pluto.fanout.slide_key`, the QC config
+and the code version of pluto.qc and what it imports); a batch task runs its slides' tasks in turn,
+so Dask sees one task per batch while a new slide recomputes only itself.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +16,36 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.common import cached_or_refresh, dask_runner, resolve, stage_cache_key, stage_run, was_cached
-from pluto.data_version import table_hash, tables_hash
-from pluto.fanout import QC_SUMMARY, merge_qc, prune_store, split_catalog
+from pluto.code_version import code_version
+from pluto.data_version import tables_hash
+from pluto.fanout import QC_SUMMARY, batched, merge_qc, ok_slides, prune_store, slide_key
 from pluto.qc import QCParams
+
+QC_FIELDS = ("slide_id", "stain", "mpp_source", "mpp_x", "mpp_y", "width", "height")  # what run_qc reads of a slide
 
 
 @task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json")
-def qc_batch(
-    batch_catalog: str, out_dir: str, params: QCParams, mpp_range: tuple[float, float], input_hash: str, config_hash: str
+def qc_slide(
+    slide: dict[str, Any], out_dir: str, params: QCParams, mpp_range: tuple[float, float], input_hash: str, config_hash: str,
+    code_hash: str,
 ) -> dict[str, int]:
+    from pluto.fanout import one_slide_catalog
     from pluto.qc import run_qc
 
-    summary = run_qc(Path(batch_catalog), Path(out_dir), params=params, mpp_range=mpp_range)
+    with one_slide_catalog(slide, Path(out_dir).parent) as catalog:
+        summary = run_qc(catalog, Path(out_dir), params=params, mpp_range=mpp_range)
     return {"slides": len(summary), "flagged": int((summary["status"] != "ok").sum()), "cells_kept": int(summary["n_keep"].sum())}
+
+
+@task
+def qc_batch(jobs: list[dict[str, Any]], params: QCParams, mpp_range: tuple[float, float]) -> list[dict[str, int]]:
+    """Each slide's cached `qc_slide`, recomputed when its folder lacks the summary; adds `recomputed` (0: from the cache)."""
+    done = []
+    for job in jobs:
+        run = cached_or_refresh(qc_slide, [Path(job["out_dir"]) / QC_SUMMARY])
+        state = run(**job, params=params, mpp_range=mpp_range, return_state=True)
+        done.append({**state.result(), "recomputed": int(not was_cached(state))})
+    return done
 
 
 @task
@@ -59,30 +81,30 @@ def qc_markdown(summary: pd.DataFrame, report: str, run_url: str, top_reasons: i
 @flow(name="qc")
 def qc_flow(config: dict[str, Any] | None = None, parent_run_id: str | None = None) -> dict[str, Any]:
     s = resolve(config)
-    fanout = s.paths.work_dir / ".fanout"
-    batches = split_catalog(s.paths.catalog, s.chain.fanout_batch_slides, fanout / "qc-batches")
+    store = s.paths.work_dir / ".fanout" / "qc"
+    slides = ok_slides(s.paths.catalog)
     config_hash = s.config_hash("qc", "slides")
+    code_hash = code_version("pluto.qc.run")
+    jobs = []
+    for rec in slides:
+        key = slide_key(rec, QC_FIELDS)
+        jobs.append({"slide": rec, "out_dir": str(store / slide_key(rec, (), key, config_hash, code_hash)),
+                     "input_hash": key, "config_hash": config_hash, "code_hash": code_hash})
     params = replace(s.qc, workers=1)  # Dask gives the parallelism
-    outs, futures = [], []
+    batches = batched(jobs, s.chain.fanout_batch_slides)
     with dask_runner(s) as runner:
-        for batch in batches:
-            input_hash = table_hash(batch)
-            out = fanout / "qc" / f"{input_hash}-{config_hash}"
-            run = cached_or_refresh(qc_batch, [out / QC_SUMMARY])
-            outs.append(out)
-            futures.append(runner.submit(run, parameters={
-                "batch_catalog": str(batch), "out_dir": str(out), "params": params,
-                "mpp_range": (s.slides.mpp_min, s.slides.mpp_max), "input_hash": input_hash, "config_hash": config_hash,
-            }))
-        results = [f.result() for f in futures]
-        cached = all(was_cached(f.state) for f in futures)
+        futures = [runner.submit(qc_batch, parameters={"jobs": b, "params": params, "mpp_range": (s.slides.mpp_min, s.slides.mpp_max)})
+                   for b in batches]
+        results = [r for f in futures for r in f.result()]
+    outs = [Path(j["out_dir"]) for j in jobs]
     summary = merge_qc(outs, s.paths.qc_dir)
-    prune_store(fanout / "qc", outs)
+    prune_store(store, outs)
     report = qc_report(str(s.paths.qc_dir), str(s.paths.catalog))
     qc_hash = tables_hash([s.paths.qc_dir / QC_SUMMARY, *s.paths.qc_dir.glob("*/qc.parquet")])
-    counts = {k: sum(r[k] for r in results) for k in ("slides", "flagged", "cells_kept")}
+    counts = {k: sum(r[k] for r in results) for k in ("slides", "flagged", "cells_kept", "recomputed")}
+    cached = counts["recomputed"] == 0
     with stage_run(s, "qc", parent_run_id) as tracker:
-        tracker.log_params({"batches": len(batches), "cached": cached, "qc_hash": qc_hash})
+        tracker.log_params({"batches": len(batches), "cached": cached, "qc_hash": qc_hash, "code_hash": code_hash})
         tracker.log_metrics({k: float(v) for k, v in counts.items()})
         tracker.log_artifact(Path(report))
         create_markdown_artifact(key="qc-summary", markdown=qc_markdown(summary, report, tracker.url), description="QC summary of the cohort")

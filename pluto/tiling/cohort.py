@@ -88,6 +88,18 @@ def slide_seed(seed: int, slide_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"pluto-regions:{seed}:{slide_id}".encode()).digest()[:8], "little")
 
 
+REGION_LOCAL_BITS = 20  # regions per slide < 2**20; the other 43 bits of the int64 id come from the slide id
+
+
+def region_base(slide_id: str) -> int:
+    """First region id of a slide: 43 bits of the sha256 of its id, shifted past REGION_LOCAL_BITS.
+    Ids depend on nothing but the slide, so adding slides, or tiling one slide alone in a fan-out
+    task, keeps every id; two slides share ids only if those 43 bits agree (odds ~ n^2 / 2^44 for
+    n slides, which `pluto.fanout.merge_tiles` reports)."""
+    digest = int.from_bytes(hashlib.sha256(f"pluto-regions:{slide_id}".encode()).digest()[:8], "big")
+    return (digest >> (64 - 63 + REGION_LOCAL_BITS)) << REGION_LOCAL_BITS
+
+
 def usable_mask(qc: SlideQC) -> np.ndarray:
     """Where region centres may fall (PLUTO-4's "usable tissue"): tissue without pen, fold or
     bubble, inside QC cells that passed every filter. Same grid as the QC masks."""
@@ -125,7 +137,7 @@ def _rows(slide_id: str, path: str, plan: SpecPlan, origins: np.ndarray, scores:
 
 @dataclass
 class SlideTiles:
-    """One slide's result: manifest rows (region_id local to the slide) and summary rows."""
+    """One slide's result: manifest rows (region_id local to the slide, from 0) and summary rows."""
 
     rows: pd.DataFrame
     summary: list[dict]
@@ -263,7 +275,6 @@ def tile_cohort(
         writer = ShardWriter(tmp, shard_rows, validate_manifest)
         summary: list[dict] = []
         qc_hash = hashlib.sha256()
-        region_offset = 0
         for i, rec in enumerate(slides):
             slide_id, path = str(rec["slide_id"]), str(rec["path"])
             try:
@@ -280,8 +291,10 @@ def tile_cohort(
             res = tile_slide(slide_id, info, qc, specs, mode=mode, regions_per_slide=regions_per_slide,
                              tile_filter=tile_filter, seed=seed, rel_tol=rel_tol, mpp_override=_override(rec))
             if len(res.rows):
-                res.rows["region_id"] += region_offset
-                region_offset = int(res.rows["region_id"].max()) + 1
+                if int(res.rows["region_id"].max()) >= 2**REGION_LOCAL_BITS:
+                    raise PlutoError(f"{path}: more than 2**{REGION_LOCAL_BITS} regions in one slide; "
+                                     "lower tiling.regions_per_slide or use sampling mode")
+                res.rows["region_id"] += region_base(slide_id)
                 writer.add(res.rows)
             summary += res.summary
             if on_progress is not None:

@@ -1,4 +1,4 @@
-"""Slide-batch fan-out: split by slide_id, merge per-batch outputs into one atomic result."""
+"""Slide fan-out: per-slide keys and store folders, merged into one atomic result; stage code versions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from pluto.errors import PlutoError
-from pluto.fanout import merge_qc, merge_tiles, prune_store, split_catalog
+from pluto.code_version import code_version, stage_sources
+from pluto.fanout import merge_qc, merge_tiles, ok_slides, prune_store, slide_key
 
 
 def _spec(n_rows, **changes):
@@ -25,11 +26,48 @@ def _tile_batch(root, name, slide, n_rows, **spec_changes):
     return d
 
 
-def test_split_keeps_ok_slides_in_id_order(tmp_path):
-    cat = pd.DataFrame({"slide_id": ["c", "a", "b", "d"], "status": ["ok", "ok", "quarantined: no_mpp", "ok"]})
+def test_ok_slides_in_id_order_and_keys_depend_on_the_slide_alone(tmp_path):
+    cat = pd.DataFrame({"slide_id": ["c", "a", "b", "d"], "status": ["ok", "ok", "quarantined: no_mpp", "ok"],
+                        "stain": ["HE", "HE", "HE", None], "path": ["/c", "/a", "/b", "/d"]})
     cat.to_parquet(tmp_path / "catalog.parquet")
-    batches = split_catalog(tmp_path / "catalog.parquet", 2, tmp_path / "b")
-    assert [pd.read_parquet(b)["slide_id"].tolist() for b in batches] == [["a", "c"], ["d"]]
+    recs = ok_slides(tmp_path / "catalog.parquet")
+    assert [r["slide_id"] for r in recs] == ["a", "c", "d"]
+    keys = [slide_key(r, ("slide_id", "stain")) for r in recs]
+    assert [k.split("-")[0] for k in keys] == ["a", "c", "d"] and len(set(keys)) == 3
+    assert slide_key(recs[2], ("slide_id", "stain")) == slide_key({**recs[2], "stain": float("nan")}, ("slide_id", "stain"))
+    assert slide_key({**recs[0], "path": "/moved"}, ("slide_id", "stain")) == keys[0]  # a field the stage does not read
+    assert slide_key({**recs[0], "stain": "IHC"}, ("slide_id", "stain")) != keys[0]
+    assert slide_key(recs[0], ("slide_id", "stain"), "config-b") != keys[0]
+
+
+def test_code_version_covers_the_stage_packages_only():
+    qc = {p.relative_to(p.parents[1]).as_posix() for p in stage_sources("pluto.qc.run")}
+    tiling = {p.parent.name for p in stage_sources("pluto.tiling.cohort")}
+    assert {"qc/run.py", "qc/slide_qc.py", "slides/reader.py", "pluto/errors.py"} <= qc  # reads pixels through pluto.slides
+    assert {"tiling", "qc", "slides"} <= tiling  # pluto.qc through its lazy exports (load_qc)
+    assert not {"pluto/config.py", "pluto/cli.py"} & qc and not {"registry", "train", "eval"} & tiling
+    assert code_version("pluto.qc.run") != code_version("pluto.tiling.cohort")
+
+
+def test_code_version_changes_with_the_stage_source(tmp_path, monkeypatch):
+    import shutil
+
+    import pluto.code_version as cv
+
+    copy = tmp_path / "pluto"
+    shutil.copytree(cv.ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cv, "ROOT", copy)
+    cv.code_version.cache_clear()
+    before = {e: cv.code_version(e) for e in ("pluto.qc.run", "pluto.tiling.cohort")}
+    (copy / "registry" / "promotion.py").write_text("# unrelated edit\n", encoding="utf-8")
+    cv.code_version.cache_clear()
+    assert {e: cv.code_version(e) for e in before} == before
+    with (copy / "qc" / "tissue.py").open("a") as fh:
+        fh.write("\n# a QC fix\n")
+    cv.code_version.cache_clear()
+    after = {e: cv.code_version(e) for e in before}
+    cv.code_version.cache_clear()
+    assert after["pluto.qc.run"] != before["pluto.qc.run"] and after["pluto.tiling.cohort"] != before["pluto.tiling.cohort"]
 
 
 def test_merge_tiles_renumbers_shards_and_sums_counts(tmp_path):

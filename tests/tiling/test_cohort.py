@@ -131,6 +131,24 @@ def test_sampling_budget_shared_centres_and_one_size_per_region(sample, work_dir
     assert (m["mpp"] >= 0.5).all()
 
 
+def test_region_ids_derive_from_the_slide_id_whatever_else_is_tiled(sample, work_dir, catalog, tmp_path):
+    """Tiling one slide alone (as a fan-out task does) gives the ids it has in the cohort: the slide's base + 0..n-1."""
+    from pluto.tiling.cohort import REGION_LOCAL_BITS, region_base
+
+    m = read_manifest(sample[0])
+    last = catalog.sort_values("slide_id").iloc[[-1]]
+    last.to_parquet(tmp_path / "one.parquet")
+    tile_cohort(tmp_path / "one.parquet", work_dir / "qc", tmp_path / "alone", mpps=MPPS, tile_pxs=(275, 550),
+                mode="sample", regions_per_slide=12, seed=3)
+    alone = read_manifest(tmp_path / "alone")
+    sid = last["slide_id"].iloc[0]
+    in_cohort = m[m["slide_id"] == sid].reset_index(drop=True)
+    assert len(alone) and alone["region_id"].tolist() == in_cohort["region_id"].tolist()
+    for slide_id, rows in m.groupby("slide_id"):
+        assert (rows["region_id"].to_numpy() >> REGION_LOCAL_BITS == region_base(slide_id) >> REGION_LOCAL_BITS).all()
+        assert rows["region_id"].min() >= region_base(slide_id)
+
+
 def test_sampling_is_reproducible_with_a_seed(sample, work_dir, tmp_path):
     out, _ = sample
     same = tmp_path / "same"
