@@ -5,7 +5,8 @@ Accepts a full DINOv2 training checkpoint's teacher (`teacher.backbone.*`), a ba
 - `pos_embed` is dropped: PLUTO-4 uses 2D-RoPE, not absolute position embeddings (paper §3.1);
 - the key bias of the fused qkv is dropped: q·(k + b) = q·k + q·b adds the same value to every
   logit of a query, which softmax ignores, so the attention output is unchanged;
-- the patch kernel is PI-resized (FlexiViT) when its size differs from the model's base kernel;
+- the patch kernel is PI-resized (FlexiViT, with the model's own resize) when its size differs from
+  the model's base kernel (32 x 32 for the FlexiViT variants);
 - DINO/iBOT heads are not backbone weights and are skipped.
 """
 
@@ -66,7 +67,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
             base = model.patch_embed.base_patch_size
             if tuple(value.shape[-2:]) != (base, base):
                 logger.info("resampling patch kernel %s -> %dx%d (FlexiViT PI-resize)", tuple(value.shape[-2:]), base, base)
-                value = resample_patch_embed(value, [base, base])
+                value = resample_patch_embed(value, [base, base], interpolation=model.patch_embed.resampler.interpolation)
         if k == "mask_token":
             value = value.reshape(1, -1)
         out[k] = value

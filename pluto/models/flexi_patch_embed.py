@@ -1,10 +1,15 @@
 """FlexiViT patch embedding: one learned base kernel, resampled to every patch size it serves.
 
 PLUTO-4S samples patch sizes from [8, 16, 32] per training step (PLUTO-4 paper §3.1, following
-FlexiViT, Beyer et al. 2023). The kernel for patch size p is the pseudo-inverse ("PI") resize of
-the base kernel, so a token computed from a p x p patch equals the token the base kernel computes
-from the same patch resized to the base size. The resize is timm's `PatchEmbedResamplerFixedOrigSize`
-(the cached form of `timm.layers.resample_patch_embed`); gradients flow into the base kernel.
+FlexiViT, Beyer et al. 2023). As in FlexiViT the learned ("underlying") kernel is 32 x 32, the
+largest size served, and the kernel for patch size p is its pseudo-inverse ("PI") resize:
+w_p = pinv(R^T) w_base, R the matrix that resizes a base-size patch to p x p (big_vision's
+`resample_patchemb`; timm's `PatchEmbedResamplerFixedOrigSize`, the cached form of
+`timm.layers.resample_patch_embed`, computes the same product). <x, w_base> = <R x, w_p> then holds
+in the least-squares sense for p < base, so every size is a full-rank function of the base kernel;
+a 16 x 16 base would leave the p = 32 kernel inside a 256-dim subspace of its 1024 entries.
+FlexiViT builds R with the resize of its data pipeline; the PLUTO variants therefore use bilinear
+with antialiasing, the resize of `pluto.ssl.multicrop`. Gradients flow into the base kernel.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from torch import nn
 class FlexiPatchEmbed(nn.Module):
     """Conv patch embedding whose stride/kernel follow the requested patch size.
 
+    `interpolation` (antialiased) builds the resize matrix R; timm's default, bicubic, is kept as
+    the default so models saved before the variants chose bilinear rebuild unchanged.
+
     `dynamic_img_pad` pads the image bottom/right with zeros up to a multiple of the patch size
     (timm's convention); without it an image side that the patch size does not divide is refused.
     """
@@ -31,13 +39,14 @@ class FlexiPatchEmbed(nn.Module):
         in_chans: int = 3,
         embed_dim: int = 384,
         dynamic_img_pad: bool = False,
+        interpolation: str = "bicubic",
     ) -> None:
         super().__init__()
         self.base_patch_size = int(base_patch_size)
         self.patch_sizes = tuple(int(p) for p in patch_sizes)
         self.dynamic_img_pad = dynamic_img_pad
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.base_patch_size, stride=self.base_patch_size)
-        self.resampler = PatchEmbedResamplerFixedOrigSize((self.base_patch_size, self.base_patch_size))
+        self.resampler = PatchEmbedResamplerFixedOrigSize((self.base_patch_size, self.base_patch_size), interpolation, antialias=True)
 
     def kernel(self, patch_size: int) -> torch.Tensor:
         """The (D, C, p, p) kernel for `patch_size`, PI-resized from the base kernel."""

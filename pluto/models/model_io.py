@@ -104,6 +104,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> nn.
     try:
         kwargs = dict(config["kwargs"])
         kwargs["patch_sizes"] = tuple(kwargs["patch_sizes"])
+        kwargs.setdefault("flexi_interpolation", "bicubic")  # saved before the variants' bilinear PI-resize: rebuild as saved
         cfg = {  # JSON turned timm's tuples (input_size, mean, std) into lists
             k: tuple(v) if isinstance(v, list) else v
             for k, v in config["pretrained_cfg"].items()

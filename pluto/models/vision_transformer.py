@@ -32,6 +32,10 @@ class PlutoViT(nn.Module):
     Constructor arguments are recorded in `arch_kwargs` so `save_model` can rebuild the model.
     `rope_shift_coords` / `rope_jitter_coords` / `rope_rescale_coords` are DINOv3's train-time
     coordinate augmentations (off by default; DINOv3 trains with rescale 2).
+    Stochastic depth: block i drops its residual branches with rate `drop_path_rate * i / (depth - 1)`
+    (timm's and dinov2's linear rule), or `drop_path_rate` in every block with `drop_path_uniform`
+    (what dinov2's configs set: `student.drop_path_uniform: true`). `flexi_interpolation` is the
+    resize behind the FlexiViT PI-resize (`FlexiPatchEmbed`).
     """
 
     def __init__(
@@ -52,11 +56,13 @@ class PlutoViT(nn.Module):
         num_reg_tokens: int = 4,
         init_values: float | None = 1e-5,
         drop_path_rate: float = 0.0,
+        drop_path_uniform: bool = False,
         rope_temperature: float = 100.0,
         rope_shift_coords: float | None = None,
         rope_jitter_coords: float | None = None,
         rope_rescale_coords: float | None = None,
         dynamic_img_pad: bool = False,
+        flexi_interpolation: str = "bicubic",
     ) -> None:
         super().__init__()
         patch_sizes = tuple(int(p) for p in patch_sizes)
@@ -80,7 +86,7 @@ class PlutoViT(nn.Module):
         self._rope_cache: dict[tuple[tuple[int, int], torch.device], torch.Tensor] = {}
 
         self.patch_embed = FlexiPatchEmbed(
-            base_patch_size or patch_size, patch_sizes, in_chans, embed_dim, dynamic_img_pad
+            base_patch_size or patch_size, patch_sizes, in_chans, embed_dim, dynamic_img_pad, flexi_interpolation
         )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.reg_token = nn.Parameter(torch.zeros(1, num_reg_tokens, embed_dim)) if num_reg_tokens else None
@@ -95,7 +101,7 @@ class PlutoViT(nn.Module):
             rescale_coords=rope_rescale_coords,
         )
         norm_layer = partial(LayerNorm, eps=1e-6)
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth, linear in depth
+        dpr = [drop_path_rate if drop_path_uniform else drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             EvaBlock(
                 dim=embed_dim,

@@ -49,7 +49,7 @@ def test_meta_layout_teacher_loads_and_blocks_match_timm_dinov2(timm_arch, pluto
     save_file(_meta_layout(ref.state_dict(), size["embed_dim"]), str(file))
     model = timm.create_model(
         pluto_arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(file)),
-        patch_size=14, patch_sizes=(14,), **size,
+        patch_size=14, patch_sizes=(14,), base_patch_size=14, **size,
     ).eval()  # strict load: every PLUTO key is filled
     x = torch.randn(2, 16 + 5, size["embed_dim"])
     with torch.no_grad():
@@ -67,5 +67,5 @@ def test_patch_kernel_is_pi_resized_to_the_base_size():
     missing, unexpected = model.load_state_dict(sd, strict=False)
     assert missing == ["mask_token"] and unexpected == []  # timm's port carries no mask token
     assert "pos_embed" not in sd and "attn.qkv.bias" not in " ".join(sd)
-    expected = resample_patch_embed(ref.patch_embed.proj.weight.detach(), [16, 16])
-    torch.testing.assert_close(model.patch_embed.proj.weight.detach(), expected)
+    expected = resample_patch_embed(ref.patch_embed.proj.weight.detach(), [32, 32], interpolation="bilinear")
+    torch.testing.assert_close(model.patch_embed.proj.weight.detach(), expected)  # 14 -> the 32 x 32 base kernel

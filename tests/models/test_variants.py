@@ -104,3 +104,13 @@ def test_training_after_inference_mode_evaluation(tiny, images):
     tiny.train()
     tiny.forward_features(images).square().mean().backward()
     assert tiny.cls_token.grad is not None
+
+
+def test_stochastic_depth_linear_by_default_uniform_as_dinov2_configs():
+    """timm/dinov2 linear rule (0 at block 0, the rate at the last), or dinov2's `drop_path_uniform: true`."""
+    linear = timm.create_model("pluto_tiny", drop_path_rate=0.3)
+    uniform = timm.create_model("pluto_tiny", drop_path_rate=0.3, drop_path_uniform=True)
+    rates = lambda m: [float(getattr(b.drop_path1, "drop_prob", 0.0)) for b in m.blocks]  # noqa: E731
+    assert rates(linear) == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    assert rates(uniform) == pytest.approx([0.3] * 4)
+    assert rates(timm.create_model("pluto_tiny")) == [0.0] * 4
