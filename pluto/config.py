@@ -66,7 +66,7 @@ class SlideSettings(_Section):
     """Slide access: MPP sources and tolerances, the handle pool."""
 
     mpp_overrides_csv: Path | None = None  # csv: slide (file name or slide_id), mpp
-    mpp_rel_tol: float = Field(0.15, gt=0, lt=0.5)  # |native/target - 1| allowed without resizing
+    mpp_rel_tol: float = Field(0.02, gt=0, le=0.02)  # a level may be this much coarser than the target (scanner jitter), no more
     mpp_min: float = Field(0.05, gt=0)  # below this a header MPP is not believed
     mpp_max: float = Field(50.0, gt=0)
     max_dimension_px: int = Field(1_000_000, gt=0)  # larger header dims => quarantined, too_large

@@ -21,10 +21,10 @@ EDGE_LIBS = {"mlflow", "prefect", "openslide", "boto3", "pydantic", "pydantic_se
 
 def test_settings_precedence_defaults_file_env_flags(tmp_path, monkeypatch):
     cfg = tmp_path / "s.yaml"
-    cfg.write_text("seed: 3\nslides:\n  handle_pool_size: 7\n  mpp_rel_tol: 0.2\n")
+    cfg.write_text("seed: 3\nslides:\n  handle_pool_size: 7\n  mpp_rel_tol: 0.01\n")
     assert load_settings().seed == 0
     s = load_settings(cfg)
-    assert (s.seed, s.slides.handle_pool_size, s.slides.mpp_rel_tol) == (3, 7, 0.2)
+    assert (s.seed, s.slides.handle_pool_size, s.slides.mpp_rel_tol) == (3, 7, 0.01)
     monkeypatch.setenv("PLUTO_SLIDES__HANDLE_POOL_SIZE", "9")
     s = load_settings(cfg)
     assert s.slides.handle_pool_size == 9 and s.seed == 3  # env beats file, file still fills the rest

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from pluto.errors import PlutoError
 from pluto.slides.metadata import SlideInfo
 
-MPP_REL_TOL = 0.15  # default of SlideSettings.mpp_rel_tol
+MPP_REL_TOL = 0.02  # default and ceiling of SlideSettings.mpp_rel_tol: scanner jitter, not a resampling allowance
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,12 @@ class TileRequest:
 
 
 def check_resolution(info: SlideInfo, mpp: float, rel_tol: float = MPP_REL_TOL) -> None:
-    """Raise PlutoError when `mpp` is finer than the slide's native resolution beyond tolerance."""
+    """Raise PlutoError when even level 0 is coarser than `mpp` beyond `rel_tol` (a read would upsample).
+
+    0.499 um/px serves 0.5 (and 0.49, within 2% jitter) but not 0.43: that would stretch 193 px to 224.
+    """
     native = info.mpp
-    if mpp < native * (1.0 - rel_tol):
+    if native > mpp * (1.0 + rel_tol):
         raise PlutoError(
             f"{info.path}: {mpp:g} um/px requested but the slide's native resolution is {native:g} um/px "
             f"(tolerance {rel_tol:.0%}); refusing to upsample"
@@ -68,14 +71,14 @@ def check_resolution(info: SlideInfo, mpp: float, rel_tol: float = MPP_REL_TOL) 
 
 
 def best_level(info: SlideInfo, mpp: float, rel_tol: float = MPP_REL_TOL) -> int:
-    """Coarsest level whose mpp is at most `mpp * (1 + rel_tol)`; raises when `mpp` is too fine."""
+    """Coarsest level whose mpp does not exceed `mpp` (beyond `rel_tol`); raises when none qualifies.
+
+    A level coarser than the target beyond the tolerance is never chosen, however close, so a tile is
+    only ever reduced (area-resized down) from the level read, never stretched.
+    """
     check_resolution(info, mpp, rel_tol)
     limit = mpp * (1.0 + rel_tol)
-    best = 0
-    for level in range(info.levels):
-        if info.level_mpp(level) <= limit and info.level_downsamples[level] >= info.level_downsamples[best]:
-            best = level
-    return best
+    return max((lv for lv in range(info.levels) if info.level_mpp(lv) <= limit), key=lambda lv: info.level_downsamples[lv])
 
 
 def plan_read(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pluto.errors import PlutoError
-from pluto.slides import best_level, open_slide, plan_read, read_thumbnail, read_tile
+from pluto.slides import best_level, open_slide, plan_read, read_thumbnail, read_tile, slide_info
 
 TILE_PX = 224
 
@@ -87,15 +87,21 @@ def test_real_svs_tiles(cmu_svs: Path, cmu_rgb: np.ndarray) -> None:
 
 
 def test_never_upsamples_beyond_tolerance(cmu_svs: Path, pyramids: dict[str, Path]) -> None:
-    with pytest.raises(PlutoError, match="refusing to upsample"):
-        read_tile(cmu_svs, 0, 0, 0.25, TILE_PX)
-    assert read_tile(cmu_svs, 0, 0, 0.45, TILE_PX).shape == (TILE_PX, TILE_PX, 3)  # within 15%
-    with open_slide(pyramids["odd"]) as h:
+    """The coarsest level not coarser than the target beyond 2% jitter; a finer target is refused."""
+    for too_fine in (0.25, 0.43, 0.485):  # 0.43 on 0.499 um/px would stretch 193 px to 224
+        with pytest.raises(PlutoError, match="refusing to upsample"):
+            read_tile(cmu_svs, 0, 0, too_fine, TILE_PX)
+    assert plan_read(slide_info(cmu_svs), 0, 0, 0.49, TILE_PX).read_px == 220  # 1.8% jitter: accepted
+    assert read_tile(cmu_svs, 0, 0, 0.49, TILE_PX).shape == (TILE_PX, TILE_PX, 3)
+    with open_slide(pyramids["odd"]) as h:  # levels at 0.25, 0.5, 1.0, 2.0 um/px
         assert best_level(h.info, 0.5) == 1
-        assert best_level(h.info, 0.56) == 1  # 1.0 um/px level would be 0.44 too coarse
-        assert best_level(h.info, 0.9) == 2  # 1.0 is within 15% of 0.9
+        assert best_level(h.info, 0.56) == 1
+        assert best_level(h.info, 0.9) == 1  # 1.0 um/px is 11% coarser: a finer level serves it
+        assert best_level(h.info, 0.97) == 1  # 3% coarser: still not within jitter
+        assert best_level(h.info, 0.985) == 2  # 1.5%: jitter
+        assert best_level(h.info, 0.246) == 0
         with pytest.raises(PlutoError):
-            best_level(h.info, 0.2)
+            best_level(h.info, 0.24)
 
 
 def test_thumbnail(cmu_svs: Path, pyramids: dict[str, Path]) -> None:
