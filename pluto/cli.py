@@ -248,23 +248,25 @@ def promote_cmd(
     force: bool = typer.Option(False, "--force", help="Promote although the gate blocks it (the reason goes in the log)."),
 ) -> None:
     """Point the `champion` alias at VERSION after showing the gate's verdict; a failing gate needs --force."""
-    from mlflow.tracking import MlflowClient
-
-    from pluto.registry.promotion import promote
-    from pluto.registry.register import gate_preview
+    from pluto.registry.register import GateBlocked, promote_version
 
     s = settings_from(ctx)
-    verdict = gate_preview(MlflowClient(s.mlflow.tracking_uri), model, version, min_margin=s.chain.gate_min_margin,
-                           floor=s.chain.quality_floor)
-    typer.echo(f"gate: {'pass' if verdict.promote else 'BLOCK'}: {verdict.summary}")
-    if verdict.table:
-        typer.echo(verdict.markdown())
-    if not verdict.promote and not force:
-        raise PlutoError(f"{model} v{version}: the gate blocks it ({'; '.join(verdict.reasons)}); "
-                         "pass --force with --why to promote it anyway")
-    action = "promote" if verdict.promote else "force"
-    why = why if verdict.promote else f"{why} [forced over the gate: {'; '.join(verdict.reasons)}]"
-    event = promote(s.mlflow.tracking_uri, model, version, why=why, who=who, log_path=_promotion_log(s), action=action)
+
+    def show(verdict) -> None:
+        typer.echo(f"gate: {'pass' if verdict.promote else 'BLOCK'}: {verdict.summary}")
+        if verdict.table:
+            typer.echo(verdict.markdown())
+
+    try:
+        verdict, event = promote_version(s.mlflow.tracking_uri, model, version, why=why, who=who, force=force,
+                                         log_path=_promotion_log(s), min_margin=s.chain.gate_min_margin, floor=s.chain.quality_floor)
+    except GateBlocked as exc:
+        show(exc.decision)
+        raise
+    show(verdict)
+    if event is None:
+        typer.echo(f"{model}: v{version} already is the champion; nothing changed")
+        return
     typer.echo(f"{model}: champion v{event.previous} -> v{event.version} ({event.at}, {event.who})")
     _champion_data(s, model, version)
 
@@ -274,18 +276,21 @@ app.add_typer(registry_app, name="registry")
 
 
 @registry_app.command("audit")
-def registry_audit_cmd(ctx: typer.Context, model: str = typer.Argument(..., help="Registered model, e.g. pluto-tiny.")) -> None:
-    """Log a champion alias moved outside pluto (MLflow UI or API) in the promotion log, so rollback follows it."""
-    from mlflow.tracking import MlflowClient
-
-    from pluto.registry.promotion import audit, champion_lock
+def registry_audit_cmd(
+    ctx: typer.Context, model: Optional[str] = typer.Argument(None, help="Registered model, e.g. pluto-tiny; default: all."),
+) -> None:
+    """Log a champion alias moved outside pluto (MLflow UI or API) in the promotion log, so rollback follows it;
+    complete a change that was recorded but whose alias move was cut short."""
+    from pluto.registry.promotion import audit_models
 
     s = settings_from(ctx)
-    client = MlflowClient(s.mlflow.tracking_uri)
-    with champion_lock(client, model, "audit"):
-        event = audit(client, model, _promotion_log(s))
-    typer.echo(f"{model}: champion moved outside pluto, v{event.previous} -> v{event.version}; logged as event {event.seq}"
-               if event else f"{model}: the champion alias agrees with the promotion log")
+    for name, event in audit_models(s.mlflow.tracking_uri, _promotion_log(s), [model] if model else None).items():
+        if event is None:
+            typer.echo(f"{name}: the champion alias agrees with the promotion log")
+        elif event.action == "external":
+            typer.echo(f"{name}: champion moved outside pluto, v{event.previous} -> v{event.version}; logged as event {event.seq}")
+        else:
+            typer.echo(f"{name}: event {event.seq} ({event.action} v{event.version} by {event.who}) was cut short; completed")
 
 
 @app.command("rollback")

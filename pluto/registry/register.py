@@ -28,7 +28,7 @@ from typing import Any
 from pluto.errors import PlutoError
 from pluto.registry.checkpoint_store import CheckpointRef
 from pluto.registry.gate import GateDecision, SuiteScores, decide
-from pluto.registry.promotion import CHALLENGER, CHAMPION, audit, champion_lock, current_version, move_champion
+from pluto.registry.promotion import CHALLENGER, CHAMPION, PromotionEvent, audit, champion_lock, current_version, move_champion
 
 log = logging.getLogger(__name__)
 
@@ -325,3 +325,41 @@ def gate(
         else:
             log.info("%s v%s not promoted: %s", name, version, "; ".join(decision.reasons))
     return decision
+
+
+class GateBlocked(PlutoError):
+    """A manual promotion the gate blocks, without `force`; carries the verdict to show."""
+
+    def __init__(self, message: str, decision: GateDecision) -> None:
+        super().__init__(message)
+        self.decision = decision
+
+
+def promote_version(
+    tracking_uri: str, name: str, version: int, *, why: str, log_path: Path, min_margin: float, floor: bool = True,
+    force: bool = False, who: str | None = None,
+) -> tuple[GateDecision, PromotionEvent | None]:
+    """A person's promotion (`pluto promote`): the gate's verdict against the current champion, then the move.
+
+    Verdict and move happen under one `champion_lock`, so the verdict is about the champion that is
+    replaced. A blocked version raises GateBlocked unless `force`; a forced move is logged as action
+    `force` with the gate's reasons beside `why`. Returns (verdict, event); no event when `version`
+    already is the champion.
+    """
+    import getpass
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    with champion_lock(client, name, who or getpass.getuser()):
+        audit(client, name, log_path)
+        decision = gate_preview(client, name, version, min_margin=min_margin, floor=floor)
+        if current_version(client, name, CHAMPION) == version:
+            return decision, None
+        if not decision.promote and not force:
+            raise GateBlocked(f"{name} v{version}: the gate blocks it ({'; '.join(decision.reasons)}); "
+                              "pass --force with --why to promote it anyway", decision)
+        if decision.promote:
+            return decision, move_champion(client, name, version, "promote", who, why, log_path)
+        return decision, move_champion(client, name, version, "force", who,
+                                       f"{why} [forced over the gate: {'; '.join(decision.reasons)}]", log_path)

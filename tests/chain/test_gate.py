@@ -87,6 +87,9 @@ def test_champion_history_is_a_stack_of_promotions_and_rollbacks():
     assert champion_history(events) == [1, 2]
     assert champion_history(events + [_event(5, "rollback", 1, 2)]) == [1]
     assert PromotionEvent.from_dict(events[1].to_dict()) == events[1]
+    removed = events + [_event(5, "external", None, 2)]  # the alias removed in the MLflow UI
+    assert champion_history(removed) == [1, 2, None] and champion_history(removed + [_event(6, "rollback", 2, None)]) == [1, 2]
+    assert PromotionEvent.from_dict(removed[-1].to_dict()) == removed[-1]
 
 
 def test_a_suite_file_that_is_not_a_suite_result_is_refused_clearly():

@@ -12,7 +12,9 @@ import sys
 import pytest
 
 from pluto.errors import PlutoError
-from pluto.registry.promotion import audit, champion_history, champion_lock, promote, read_log, rollback
+from pluto.registry.promotion import (
+    LOCK_SUFFIX, audit, audit_models, champion_history, champion_lock, current_version, promote, read_log, rollback,
+)
 from tests.chain.test_registry import BETTER, GOOD, WORSE, _register
 
 pytestmark = pytest.mark.integration
@@ -86,14 +88,13 @@ def test_an_alias_moved_in_the_ui_is_audited_and_rollback_follows_it(versions):
     assert [e.action for e in read_log(client, name)][-2:] == ["external", "rollback"] and back.version == v3.version
 
 
-def test_a_held_lock_is_a_clear_error_naming_its_holder(versions):
+def test_a_held_lock_is_a_clear_error_naming_its_holder(promo_mlflow):
     from mlflow.tracking import MlflowClient
 
-    url, (v1, _, _), log_path = versions
-    client = MlflowClient(url)
-    with champion_lock(client, v1.name, "someone-else"):
+    client = MlflowClient(promo_mlflow.url)
+    with champion_lock(client, "pluto-tiny", "someone-else"):
         with pytest.raises(PlutoError, match="being changed by someone-else"):
-            with champion_lock(client, v1.name, "me", timeout_s=0.5):
+            with champion_lock(client, "pluto-tiny", "me", timeout_s=0.5):
                 pass
 
 
@@ -112,5 +113,87 @@ def test_pluto_promote_shows_the_gate_and_needs_force_to_override_it(versions, t
     assert forced.returncode == 0, forced.stderr
     from mlflow.tracking import MlflowClient
 
-    last = read_log(MlflowClient(url), v1.name)[-1]
+    client = MlflowClient(url)
+    last = read_log(client, v1.name)[-1]
     assert last.action == "force" and last.version == v2.version and "forced over the gate" in last.why
+    again = cli("promote", v1.name, str(v2.version), "--why", "again")  # the champion: no second event
+    assert again.returncode == 0 and "already is the champion" in again.stdout and read_log(client, v1.name)[-1] == last
+    client.set_registered_model_alias(v1.name, "champion", str(v1.version))  # what the MLflow UI does
+    audited = cli("registry", "audit")  # every registered model, none of the locks
+    assert audited.returncode == 0, audited.stderr
+    assert f"{v1.name}: champion moved outside pluto, v{v2.version} -> v{v1.version}" in audited.stdout
+    assert LOCK_SUFFIX not in audited.stdout
+
+
+HOLDER = """
+import os, signal, sys
+from mlflow.tracking import MlflowClient
+from pluto.registry.promotion import champion_lock
+with champion_lock(MlflowClient(sys.argv[1]), sys.argv[2], "doomed"):
+    os.kill(os.getpid(), signal.SIGKILL)  # dies holding the lock: no release
+"""
+
+
+def test_a_lock_whose_holder_is_gone_is_broken_and_only_its_own(promo_mlflow, caplog):
+    """A holder killed on this host is seen dead at once; one elsewhere, after stale_s; a lock that another
+    process is already breaking (its break marker) is left to it; and a holder never deletes a lock not its own."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from pluto.registry.promotion import _lock_tags
+
+    url, model = promo_mlflow.url, "lock-test"
+    client, lock = MlflowClient(url), f"lock-test{LOCK_SUFFIX}"
+    done = subprocess.run([sys.executable, "-c", HOLDER, url, model], env={**os.environ, "PYTHONPATH": os.getcwd()},
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == -9 and _lock_tags(lock, client)["pluto.lock_holder"] == "doomed", done.stderr[-2000:]
+    started = time.monotonic()
+    with champion_lock(client, model, "next", timeout_s=30):
+        assert _lock_tags(lock, client)["pluto.lock_holder"] == "next"
+    assert time.monotonic() - started < 30 and "breaking the lock of doomed: its process" in caplog.text
+    assert _lock_tags(lock, client) is None
+
+    old = {"pluto.lock_holder": "elsewhere", "pluto.lock_token": "t0", "pluto.lock_process": "other-host|pid:[1]|7",
+           "pluto.lock_at": f"{time.time() - 3600:.3f}"}
+    client.create_registered_model(lock, tags=old)
+    client.create_registered_model(f"{lock}.break-t0", tags={"pluto.lock_at": f"{time.time():.3f}"})  # a breaker at work
+    with pytest.raises(PlutoError, match="being changed by elsewhere"):
+        with champion_lock(client, model, "me", timeout_s=1):
+            pass
+    assert _lock_tags(lock, client)["pluto.lock_token"] == "t0"
+    client.delete_registered_model(f"{lock}.break-t0")
+    with champion_lock(client, model, "me", timeout_s=10):  # stale (an hour old, another host): broken
+        client.delete_registered_model(lock)  # as if this holder overran stale_s and another took the lock
+        client.create_registered_model(lock, tags={**old, "pluto.lock_token": "t1", "pluto.lock_at": f"{time.time():.3f}"})
+    assert _lock_tags(lock, client)["pluto.lock_token"] == "t1"  # not released by the previous holder
+    client.delete_registered_model(lock)
+
+
+def test_a_change_cut_short_is_completed_and_a_removed_alias_is_logged(versions, monkeypatch):
+    """The event is recorded before the alias moves: when MLflow fails in between, the next audit completes
+    the recorded change (not an `external` one). An alias removed in the UI is logged, and rollback restores."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    url, (v1, v2, _), log_path = versions
+    name, client = v1.name, MlflowClient(url)
+    promote(url, name, v1.version, why="base", log_path=log_path)
+    real = MlflowClient.set_registered_model_alias
+
+    def outage(self, *args, **kwargs):
+        raise MlflowException("injected: MLflow went away")
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", outage)
+    with pytest.raises(PlutoError, match="is recorded, but MLflow failed before the alias moved"):
+        promote(url, name, v2.version, why="cut short", log_path=log_path)
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", real)
+    cut = read_log(client, name)[-1]
+    assert (cut.version, cut.previous) == (v2.version, v1.version) and current_version(client, name) == v1.version
+    assert audit_models(url, log_path, [name]) == {name: cut}
+    assert current_version(client, name) == v2.version and read_log(client, name)[-1] == cut  # completed as recorded
+
+    client.delete_registered_model_alias(name, "champion")  # the UI removes the alias
+    back = rollback(url, name, why="alias removed by mistake", log_path=log_path)
+    assert [(e.action, e.version) for e in read_log(client, name)][-2:] == [("external", None), ("rollback", v2.version)]
+    assert back.version == v2.version and current_version(client, name) == v2.version

@@ -156,7 +156,13 @@ def test_cli_in_a_new_process_checks_out_promotes_and_rolls_back_with_no_credent
         assert "from its run's data.dvc" in cli("data", "checkout", "--model-version", "1", "--model", "pluto-tiny")
         assert table_hash(work / "catalog.parquet") == before
         assert (work / "data.dvc").read_bytes() == kept  # the file DVC wrote for that version, not a made-up pointer
-        assert "-> v2" in cli("promote", "pluto-tiny", "2", "--why", "new shell")
+        from mlflow.tracking import MlflowClient
+
+        from pluto.registry.promotion import current_version
+
+        other = 3 - current_version(MlflowClient(again.url), "pluto-tiny")  # the one of v1, v2 that is not champion
+        out = cli("promote", "pluto-tiny", str(other), "--why", "new shell", "--force")  # 4-step models: the gate may block
+        assert "gate: " in out and f"-> v{other}" in out
         assert "rollback" in cli("rollback", "pluto-tiny", "--why", "back")
     finally:
         again.stop()
