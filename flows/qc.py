@@ -108,4 +108,4 @@ def qc_flow(config: dict[str, Any] | None = None, parent_run_id: str | None = No
         tracker.log_metrics({k: float(v) for k, v in counts.items()})
         tracker.log_artifact(Path(report))
         create_markdown_artifact(key="qc-summary", markdown=qc_markdown(summary, report, tracker.url), description="QC summary of the cohort")
-    return {**counts, "batches": len(batches), "cached": cached, "qc_hash": qc_hash}
+    return {**counts, "batches": len(batches), "cached": cached, "qc_hash": qc_hash, "code_hash": code_hash}

@@ -75,4 +75,4 @@ def tile_flow(config: dict[str, Any] | None = None, parent_run_id: str | None = 
     with stage_run(s, "tile", parent_run_id) as tracker:
         tracker.log_params({"batches": len(batches), "cached": cached, "manifest_hash": manifest_hash, "code_hash": code_hash, **options})
         tracker.log_metrics({k: float(v) for k, v in counts.items()})
-    return {**counts, "batches": len(batches), "cached": cached, "manifest_hash": manifest_hash}
+    return {**counts, "batches": len(batches), "cached": cached, "manifest_hash": manifest_hash, "code_hash": code_hash}

@@ -6,7 +6,7 @@ a cluster deployment would. A computes a 20-slide cohort; one slide lands, sorti
 fan-out batch shifts; B, whose result storage is the shared volume A wrote to
 (PREFECT_LOCAL_STORAGE_PATH, as deploy/prefect/k8s-work-pool.json sets it), runs QC and tiling for
 that slide alone and leaves every other slide's outputs as they were; C, with a result folder of its
-own, finds no cache and recomputes every slide.
+own, finds no cache and tiles every slide again.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+SHARED_RESULTS = "PREFECT_LOCAL_STORAGE_PATH"
 RUN_STAGES = """
 import json, sys
 from flows.ingest import ingest_flow
@@ -37,7 +37,7 @@ print("RESULT " + json.dumps({name: flows[name](config) for name in stages}, def
 
 def _run(stages: str, config: dict, home: Path, storage: Path, api: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update({"PREFECT_HOME": str(home), "PREFECT_API_URL": api, "PREFECT_LOCAL_STORAGE_PATH": str(storage),
+    env.update({"PREFECT_HOME": str(home), "PREFECT_API_URL": api, SHARED_RESULTS: str(storage),
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
     out = subprocess.run([sys.executable, "-c", RUN_STAGES, json.dumps(config), stages], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=400)
@@ -55,6 +55,25 @@ def _slide_dirs(work: Path, stage: str) -> set[str]:
     return {p.name for p in (work / ".fanout" / stage).iterdir() if p.is_dir()}
 
 
+def test_cluster_deployments_keep_results_on_the_shared_volume():
+    """Flow-run pods (the k8s work pool's env, which deployments' env merges into) and Dask workers
+    put Prefect's results on the volume they all mount; no cluster deployment sets another place."""
+    pool = json.loads((REPO / "deploy" / "prefect" / "k8s-work-pool.json").read_text())
+    pod = pool["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    flows_path = pool["variables"]["properties"]["env"]["default"][SHARED_RESULTS]
+    assert any(flows_path.startswith(m["mountPath"] + "/") for m in pod["containers"][0]["volumeMounts"])
+    dask = next(d for d in yaml.safe_load_all((REPO / "deploy" / "dask" / "kubernetes-cluster.yaml").read_text())
+                if d["kind"] == "DaskCluster")
+    worker = dask["spec"]["worker"]["spec"]["containers"][0]
+    assert {e["name"]: e["value"] for e in worker["env"]}[SHARED_RESULTS] == flows_path
+    assert any(flows_path.startswith(m["mountPath"] + "/") for m in worker["volumeMounts"])
+    deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    cluster = [d for d in deployments if d["work_pool"]["name"] == "pluto-k8s"]
+    assert cluster and all(SHARED_RESULTS not in d["work_pool"].get("job_variables", {}).get("env", {}) for d in cluster)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_new_slide_recomputes_only_itself_and_processes_share_the_cache(tmp_path):
     from distributed import LocalCluster
 
@@ -84,12 +103,14 @@ def test_new_slide_recomputes_only_itself_and_processes_share_the_cache(tmp_path
             os.link(first, src / first.name)
             b = _run("ingest,qc,tile", config, tmp_path / "home-b", shared, api)
             after, manifest_b = _store(work), read_manifest(work / "tiles")
-            c = _run("qc", config, tmp_path / "home-c", tmp_path / "own-results", api)
+            c = _run("tile", config, tmp_path / "home-c", tmp_path / "own-results", api)
     finally:
         svc.stop()
+    code = {stage: {run[stage]["code_hash"] for run in (a, b)} for stage in ("qc", "tile")}
+    assert all(len(v) == 1 for v in code.values()), f"pluto's source changed while the test ran (code versions {code})"
     assert (a["qc"]["slides"], a["qc"]["recomputed"], a["tile"]["recomputed"]) == (20, 20, 20)
     assert (b["ingest"]["slides"], b["qc"]["slides"], b["qc"]["recomputed"], b["tile"]["recomputed"]) == (21, 21, 1, 1)
-    assert (c["qc"]["recomputed"], c["qc"]["cached"]) == (21, False)  # no shared storage: no cache hit
+    assert (c["tile"]["recomputed"], c["tile"]["cached"]) == (21, False)  # no shared storage: no cache hit
     new_id = sorted(pd.read_parquet(work / "catalog.parquet")["slide_id"])[0]
     assert new_id not in manifest_a["slide_id"].values
     new_qc, new_tiles = _slide_dirs(work, "qc") - qc_dirs, _slide_dirs(work, "tiles") - tile_dirs
