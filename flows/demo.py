@@ -38,7 +38,7 @@ def demo_overrides(work_dir: Path, mlflow_url: str) -> dict:
             "global_batch": 8, "precision": "fp32", "num_workers": 0, "ckpt_every": 60, "keep_ckpts": 2,
         },
         "eval": {"preset": "quick", "baselines": True, "cache_dir": str(work_dir / "embeddings")},
-        "chain": {"task_retries": 2, "retry_delay_s": 1.0},
+        "chain": {"task_retries": 2, "retry_delay_s": 1.0, "auto_promote": True},  # the gate promotes
     }
 
 

@@ -358,8 +358,10 @@ def register_cmd(
         rec = register_model(model_dir, tracking_uri=s.mlflow.tracking_uri, run_id=run.run_id, scores=scores,
                              data_hash=data, git_sha=git_sha(), idempotency_key=key, embedding_mode=s.chain.embedding_mode)
     decision = gate(s.mlflow.tracking_uri, rec.name, rec.version, min_margin=s.chain.gate_min_margin, log_path=_promotion_log(s),
-                    floor=s.chain.quality_floor)
-    typer.echo(f"{rec.name} v{rec.version}: " + ("champion" if decision.promote else "challenger; " + "; ".join(decision.reasons)))
+                    floor=s.chain.quality_floor, auto_promote=s.chain.auto_promote)
+    typer.echo(f"{rec.name} v{rec.version}: " + (
+        ("champion" if s.chain.auto_promote else f"passes the gate; `pluto promote {rec.name} {rec.version}` makes it champion")
+        if decision.promote else "challenger; " + "; ".join(decision.reasons)))
     typer.echo(decision.markdown())  # per task: candidate, champion, random-init twin, mean RGB, margin, verdict
 
 

@@ -129,7 +129,8 @@ class ChainSettings(_Section):
     task_retries: int = Field(3, ge=0)  # I/O tasks; exponential backoff from retry_delay_s
     retry_delay_s: float = Field(2.0, ge=0)
     gate_min_margin: float = Field(0.01, ge=0)  # per-task drop allowed, raised to the seed spread
-    auto_promote: bool = True  # the gate moves `champion` itself; off: it records its verdict and a person runs `pluto promote`
+    # the gate moves `champion` itself (the demo turns it on); off: it records its verdict and a person runs `pluto promote`
+    auto_promote: bool = False
     quality_floor: bool = True  # the gate never promotes a model that does not beat its random-init twin (pluto.registry.floor)
     warm_start: str = Field("champion", pattern="^(champion|none)$")
     embedding_mode: str = Field("cls", pattern="^(cls|cls\\+mean)$")

@@ -300,7 +300,7 @@ def gate_preview(client: Any, name: str, version: int, *, min_margin: float, flo
 
 
 def gate(
-    tracking_uri: str, name: str, version: int, *, min_margin: float, log_path: Path, floor: bool = True, auto_promote: bool = True
+    tracking_uri: str, name: str, version: int, *, min_margin: float, log_path: Path, floor: bool = True, auto_promote: bool = False
 ) -> GateDecision:
     """Compare `version` with the champion, record the verdict on it, and (auto_promote) promote it when the gate allows.
 

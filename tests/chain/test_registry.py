@@ -36,14 +36,14 @@ def test_register_gate_promote_rollback_and_serve_champion(mlflow_server, tiny_d
     v1 = _register(url, tiny_dirs[0], GOOD, "key-1", tmp_path)
     again = _register(url, tiny_dirs[0], GOOD, "key-1", tmp_path)
     assert again.version == v1.version  # retried registration: no duplicate version
-    assert gate(url, v1.name, v1.version, min_margin=0.01, log_path=log_path).promote
+    assert gate(url, v1.name, v1.version, min_margin=0.01, log_path=log_path, auto_promote=True).promote
     events = log_path.read_text().splitlines()
-    regated = gate(url, v1.name, v1.version, min_margin=0.01, log_path=log_path)  # the champion, gated again
+    regated = gate(url, v1.name, v1.version, min_margin=0.01, log_path=log_path, auto_promote=True)  # the champion, gated again
     assert regated.summary == f"v{v1.version} is already the champion; not re-gated" and "no champion" not in regated.summary
     assert log_path.read_text().splitlines() == events  # and no second promotion event
 
     v2 = _register(url, tiny_dirs[1], WORSE, "key-2", tmp_path)
-    blocked = gate(url, v2.name, v2.version, min_margin=0.01, log_path=log_path)
+    blocked = gate(url, v2.name, v2.version, min_margin=0.01, log_path=log_path, auto_promote=True)
     assert not blocked.promote and any("suite score" in r for r in blocked.reasons)
     client = MlflowClient(url)
     assert client.get_model_version_by_alias(v1.name, "champion").version == str(v1.version)
@@ -51,7 +51,7 @@ def test_register_gate_promote_rollback_and_serve_champion(mlflow_server, tiny_d
     assert json.loads(client.get_model_version(v1.name, str(v2.version)).tags["pluto.gate"])["promote"] is False
 
     v3 = _register(url, tiny_dirs[1], BETTER, "key-3", tmp_path)
-    assert gate(url, v3.name, v3.version, min_margin=0.01, log_path=log_path).promote
+    assert gate(url, v3.name, v3.version, min_margin=0.01, log_path=log_path, auto_promote=True).promote
     assert get_record(url, v3.name, alias="champion").version == v3.version
 
     back = rollback(url, v3.name, why="regression seen in serving", who="alice", log_path=log_path)

@@ -51,7 +51,7 @@ def _config(work: Path, src: Path, mlflow_url: str) -> dict:
         "eval": {"preset": "quick", "baselines": True, "n_seeds": 2, "cache_dir": str(work / "embeddings")},
         # 4 training steps leave the model at random init by design: the floor would decide by chance
         "chain": {"ingest_prefix": str(src), "fanout_batch_slides": 1, "dask_workers": 2, "task_retries": 1,
-                  "retry_delay_s": 0.5, "quality_floor": False},
+                  "retry_delay_s": 0.5, "quality_floor": False, "auto_promote": True},
     }
 
 
