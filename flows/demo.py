@@ -59,8 +59,6 @@ def main() -> None:
         from pluto.registry.gate import GateDecision
 
         config = demo_overrides(work, mlflow.url)
-        # the repository root is the DVC project: a promotion points its data.dvc at the champion's data
-        config["chain"]["dvc_project"] = str(Path(__file__).resolve().parents[1])
         result = retrain(config)
         reg = result["stages"]["register"]
         cached = [k for k, v in result["stages"].items() if isinstance(v, dict) and v.get("cached")]

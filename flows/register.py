@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from pluto.registry.gate import GateDecision, SuiteScores
 from pluto.registry.lineage import champion_score, describe_version, version_description
 from pluto.registry.provenance import git_sha
 from pluto.train.checkpoint import list_checkpoints
+
+log = logging.getLogger(__name__)
 
 
 @task
@@ -75,8 +78,13 @@ def register_flow(
         tracker.set_tags({"pluto.model_version": record["version"], "pluto.promoted": promoted})
         if promoted and s.chain.dvc_project:  # the project's data.dvc names the champion's data
             from pluto.data_version import publish
+            from pluto.errors import PlutoError
 
-            publish(s.chain.dvc_project, s.paths.work_dir / "data.dvc", s.chain.dvc_remote, s.s3.endpoint_url)
+            try:  # the champion has moved: a data.dvc that cannot follow is a warning, not a failed retrain
+                publish(s.chain.dvc_project, s.paths.work_dir / "data.dvc", s.chain.dvc_remote, s.s3.endpoint_url,
+                        cache_dir=s.paths.work_dir / ".dvc" / "cache")
+            except PlutoError as exc:
+                log.warning("%s; %s/data.dvc still names the previous champion's data", exc, s.chain.dvc_project)
         if promoted and s.chain.data_git:  # opt-in: model/<name>/v<N> at the commit of its data
             from pluto.data_git import tag_model_version
 

@@ -320,11 +320,16 @@ def _champion_data(s: Settings, model: str, version: int) -> None:
         from pluto.data_version import publish
         from pluto.registry.lineage import run_data_dvc
 
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp:  # the champion has moved: a data.dvc that cannot follow is a warning
             dvc_file = run_data_dvc(s.mlflow.tracking_uri, record.run_id, Path(tmp)) if record.run_id else None
-            if dvc_file is None:
-                raise PlutoError(f"{model} v{version}: its run logged no data.dvc, so {s.chain.dvc_project}/data.dvc cannot follow it")
-            typer.echo(f"{s.chain.dvc_project}/data.dvc -> {publish(s.chain.dvc_project, dvc_file, s.chain.dvc_remote, s.s3.endpoint_url).md5}")
+            try:
+                if dvc_file is None:
+                    raise PlutoError(f"{model} v{version}: its run logged no data.dvc")
+                published = publish(s.chain.dvc_project, dvc_file, s.chain.dvc_remote, s.s3.endpoint_url,
+                                    cache_dir=s.paths.work_dir / ".dvc" / "cache")
+                typer.echo(f"{s.chain.dvc_project}/data.dvc -> {published.md5}")
+            except PlutoError as exc:
+                typer.echo(f"warning: {exc}; {s.chain.dvc_project}/data.dvc still names the previous champion's data", err=True)
     if s.chain.data_git:  # opt-in: model/<name>/v<N> at the commit of its data
         from pluto.data_git import tag_model_version
 
@@ -352,6 +357,8 @@ def register_cmd(
     data = data_hash or read_version(s.paths.work_dir).md5
     with Tracker(s.paths.work_dir / "tracking" / "register.jsonl", s.mlflow.tracking_uri, s.mlflow.experiment, "register",
                  tags={"pluto.data_hash": data, "pluto.git_sha": git_sha()}, connect_now=True) as run:
+        if data_hash is None:  # the work dir's data.dvc, kept on the run: `pluto data checkout` restores it
+            run.log_artifact(s.paths.work_dir / "data.dvc", "data")
         from pluto.registry.checkpoint_store import sha256_file
 
         key = f"{sha256_file(model_dir / 'model.safetensors')[:16]}-{data[:16]}-{scores.suite_version}"
@@ -363,6 +370,8 @@ def register_cmd(
         ("champion" if s.chain.auto_promote else f"passes the gate; `pluto promote {rec.name} {rec.version}` makes it champion")
         if decision.promote else "challenger; " + "; ".join(decision.reasons)))
     typer.echo(decision.markdown())  # per task: candidate, champion, random-init twin, mean RGB, margin, verdict
+    if decision.promote:
+        _champion_data(s, rec.name, rec.version)
 
 
 data_app = typer.Typer(help="Data versions (DVC over the work tables).", no_args_is_help=True)
@@ -384,9 +393,11 @@ def data_checkout_cmd(
     record = get_record(s.mlflow.tracking_uri, model, version=model_version)
     with tempfile.TemporaryDirectory() as tmp:
         dvc_file = run_data_dvc(s.mlflow.tracking_uri, record.run_id, Path(tmp)) if record.run_id else None
-        version = checkout_data(s.paths.work_dir, record.data_hash, s.chain.dvc_remote, s.s3.endpoint_url, dvc_file)
-    source = "its run's data.dvc" if dvc_file else "the md5 on the version (its run logged no data.dvc)"
-    typer.echo(f"{model} v{model_version}: data {version.md5} restored into {s.paths.work_dir} from {source}")
+        if dvc_file is None:  # DVC pulls what a .dvc file names: without the version's own there is nothing to restore
+            raise PlutoError(f"{model} v{model_version}: its run {record.run_id or '(none)'} logged no data.dvc, so its data "
+                             f"{record.data_hash} cannot be checked out; with chain.data_git on, `dvc get` its data/ tag instead")
+        version = checkout_data(s.paths.work_dir, dvc_file, s.chain.dvc_remote, s.s3.endpoint_url, md5=record.data_hash)
+    typer.echo(f"{model} v{model_version}: data {version.md5} restored into {s.paths.work_dir} from its run's data.dvc")
 
 
 services_app = typer.Typer(help="Local servers on 127.0.0.1.", no_args_is_help=True)

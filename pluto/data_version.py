@@ -1,27 +1,39 @@
 """Data versions: DVC tracks the work tables (catalog, QC tables, tile manifests), never tiles.
 
-Where the DVC repo lives: in the work directory itself, initialised with `--no-scm`. The work
-dir is configurable (local disk, a scratch volume on the cluster, a temp dir in tests) and is
-ignored by the project's git, so a DVC repo rooted there never collides with the project
-repository: `<work_dir>/.dvc/config` holds the S3 remote (`.dvc/config.local` the endpoint of a
-local S3 such as moto; credentials come from the standard AWS environment), and
-`<work_dir>/data.dvc` points at `<work_dir>/data/`, a snapshot of the versioned tables:
+Two DVC places, both plain DVC (`dvc add`, `dvc push`, `dvc pull`, a `data.dvc` per version):
 
-    data/catalog.parquet             catalog without run-time columns (ingested_at)
-    data/qc/qc_summary.parquet       QC summary
-    data/qc/<slide_id>/qc.parquet    per-cell QC tables (masks and thumbnails stay out)
-    data/tiles/*.parquet, *.json     tile manifest shards, spec and tiling summary
+- The work dir is the chain's DVC repository, initialised with `--no-scm` (a temp or scratch work
+  dir never touches the project's git): `<work_dir>/.dvc/config` holds the remote
+  (`.dvc/config.local` the endpoint of a local S3 such as moto; credentials come from the standard
+  AWS environment), and `<work_dir>/data.dvc` points at `<work_dir>/data/`, the tracked folder:
+
+      data/catalog.parquet             catalog without run-time columns (ingested_at)
+      data/qc/qc_summary.parquet       QC summary
+      data/qc/<slide_id>/qc.parquet    per-cell QC tables (masks and thumbnails stay out)
+      data/tiles/*.parquet, *.json     tile manifest shards, spec and tiling summary
+
+- The DVC project (`chain.dvc_project`, the repository root) commits `.dvc/config` and a
+  top-level `data.dvc`; `publish` points that `data.dvc` at the champion's data.
+
+No table is stored twice. The cache type is `hardlink,copy`: `dvc add` links the tracked files into
+DVC's cache, `data/` holds hard links of the stage tables (only the catalog is rewritten, without
+its ingest time), and after the add each stage table is relinked to its cache object, so one file
+on disk is the stage table, the tracked file and the cache object. DVC marks such files read-only;
+the stages replace their outputs atomically (a new file, renamed over the old one), so they never
+write into the cache. The project shares the work dir's cache (DVC's `cache.dir`), so publishing
+links the champion's tables into `<project>/data` rather than copying them.
 
 The data version is the DVC directory hash (`<md5>.dir`), computed from these bytes only: the
-ingest timestamp is dropped from the snapshot, so re-ingesting unchanged slides gives the same
-version. Every MLflow run and model version records it (`pluto.data_hash`), and
-`checkout_data` restores exactly that snapshot from the remote into a work dir.
+ingest timestamp is dropped, so re-ingesting unchanged slides gives the same version. Every MLflow
+run and model version records it (`pluto.data_hash`); the retrain logs its `data.dvc`, and
+`checkout_data` restores exactly that file and pulls.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import shutil
 from contextlib import contextmanager
@@ -40,6 +52,7 @@ SNAPSHOT = "data"
 REMOTE_NAME = "store"
 VOLATILE_COLUMNS = ("ingested_at",)
 VERSIONED_GLOBS = ("qc/qc_summary.parquet", "qc/*/qc.parquet", "tiles/*.parquet", "tiles/*.json")
+CACHE_TYPE = "hardlink,copy"  # hardlink first: `dvc add` then links files into the cache instead of copying them
 
 
 @dataclass(frozen=True)
@@ -114,7 +127,8 @@ def _versioned_files(work_dir: Path) -> list[Path]:
 
 
 def snapshot(work_dir: Path) -> Path:
-    """Rebuild `work_dir/data/` from the current tables (atomically: tmp dir, then rename)."""
+    """Rebuild `work_dir/data/` from the current tables (atomically: tmp dir, then rename): hard links
+    of the stage tables, and the catalog without its run-time columns."""
     import pandas as pd
 
     work_dir = Path(work_dir).resolve()
@@ -128,9 +142,7 @@ def snapshot(work_dir: Path) -> Path:
     df = pd.read_parquet(catalog)
     df.drop(columns=[c for c in VOLATILE_COLUMNS if c in df.columns]).to_parquet(tmp / "catalog.parquet", index=False)
     for src in _versioned_files(work_dir):
-        out = tmp / src.relative_to(work_dir)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, out)
+        _link(src, tmp / src.relative_to(work_dir))
     old = work_dir / f".{SNAPSHOT}.old"
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
@@ -138,6 +150,20 @@ def snapshot(work_dir: Path) -> Path:
     tmp.rename(dest)
     shutil.rmtree(old, ignore_errors=True)
     return dest
+
+
+def _link(src: Path, dest: Path) -> None:
+    """Make `dest` a hard link of `src` (a copy where the filesystem has none), replacing it atomically."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and os.path.samefile(src, dest):
+        return
+    tmp = dest.with_name(f".{dest.name}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # another filesystem, or none with hard links
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
 
 
 @contextmanager
@@ -163,6 +189,7 @@ def init_repo(work_dir: Path, remote_url: str, endpoint_url: str | None = None) 
         with repo.config.edit("repo") as conf:
             conf["core"]["remote"] = REMOTE_NAME
             conf["core"]["autostage"] = False
+            conf["cache"]["type"] = CACHE_TYPE
             conf["remote"][REMOTE_NAME] = {"url": _dvc_url(remote_url)}
         with repo.config.edit("local") as conf:
             if endpoint_url:
@@ -201,68 +228,82 @@ def commit_data(work_dir: Path, remote_url: str, endpoint_url: str | None = None
         repo.add(str(work_dir / SNAPSHOT))
         if push:
             repo.push()
+    link_tables(work_dir)  # a table whose bytes the cache already held is still a file of its own
     version = read_version(work_dir)
     log.info("data version %s (%d files, %d bytes) -> %s", version.md5, version.nfiles, version.bytes, remote_url)
     return version
 
 
-def restore_tables(work_dir: Path) -> None:
-    """Copy the snapshot's tables back to the stage locations (catalog.parquet, qc/, tiles/)."""
+def link_tables(work_dir: Path, catalog: bool = False) -> None:
+    """Point the stage locations (qc/, tiles/; catalog.parquet too with `catalog`) at the tracked files in `data/`."""
     work_dir = Path(work_dir).resolve()
     src_root = work_dir / SNAPSHOT
     for src in sorted(p for p in src_root.rglob("*") if p.is_file()):
-        dest = work_dir / src.relative_to(src_root)
-        write_with(dest, lambda tmp: shutil.copyfile(src, tmp))
+        rel = src.relative_to(src_root)
+        if catalog or rel != Path("catalog.parquet"):
+            _link(src, work_dir / rel)
 
 
-def checkout_data(work_dir: Path, md5: str, remote_url: str, endpoint_url: str | None = None,
-                  dvc_file: Path | None = None) -> DataVersion:
-    """Restore data version `md5` from the remote into `work_dir` (a fresh dir works).
+def dvc_file_md5(dvc_file: Path) -> str:
+    """The data version a `data.dvc` names, checked: one output, the tracked folder `data`, a DVC directory hash."""
+    try:
+        outs = yaml.safe_load(Path(dvc_file).read_text())["outs"]
+        out = outs[0] if len(outs) == 1 else {}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, IndexError) as exc:
+        raise PlutoError(f"{dvc_file}: not a DVC file ({type(exc).__name__}: {exc})") from exc
+    md5 = str(out.get("md5", ""))
+    if out.get("path") != SNAPSHOT or not re.fullmatch(r"[0-9a-f]{32}\.dir", md5):  # it names cache/remote paths
+        raise PlutoError(f"{dvc_file}: not a DVC data version (one output `{SNAPSHOT}` with a 32-hex directory md5); "
+                         "refusing to check it out")
+    return md5
 
-    `dvc_file`: the version's own `data.dvc` (the retrain logs it on its run), restored as DVC wrote
-    it; it must name `md5`. Without one (a version registered outside a retrain), a pointer holding
-    only the md5 is written, which is all `dvc pull` reads.
+
+def checkout_data(work_dir: Path, dvc_file: Path, remote_url: str, endpoint_url: str | None = None,
+                  md5: str | None = None) -> DataVersion:
+    """Restore the data version `dvc_file` names from the remote into `work_dir` (a fresh dir works).
+
+    `dvc_file` is a `data.dvc` as DVC wrote it (the retrain logs it on its run), restored unchanged;
+    no pointer is ever made up from an md5. `md5`: the version a model records; a file naming other
+    data is refused.
     """
-    if not re.fullmatch(r"[0-9a-f]{32}(\.dir)?", md5):  # it names cache/remote paths: never a path of its own
-        raise PlutoError(f"{md5!r}: not a DVC data version (32 hex digits); refusing to check it out")
+    recorded = dvc_file_md5(dvc_file)
+    if md5 is not None and recorded != (md5 if md5.endswith(".dir") else f"{md5}.dir"):
+        raise PlutoError(f"{dvc_file}: names data {recorded}, but the model version records {md5}; refusing to mix them")
     work_dir = Path(work_dir).resolve()
     init_repo(work_dir, remote_url, endpoint_url)
-    md5 = md5 if md5.endswith(".dir") else f"{md5}.dir"
-    target = work_dir / f"{SNAPSHOT}.dvc"
-    if dvc_file is not None:
-        recorded = yaml.safe_load(Path(dvc_file).read_text())["outs"][0]["md5"]
-        if recorded != md5:
-            raise PlutoError(f"{dvc_file}: names data {recorded}, but the model version records {md5}; refusing to mix them")
-        write_with(target, lambda tmp: shutil.copyfile(dvc_file, tmp))
-    else:
-        target.write_text(yaml.safe_dump({"outs": [{"md5": md5, "hash": "md5", "path": SNAPSHOT}]}))
+    write_with(work_dir / f"{SNAPSHOT}.dvc", lambda tmp: shutil.copyfile(dvc_file, tmp))
     from dvc.exceptions import DvcException
 
     with _repo(work_dir) as repo:
         try:
             repo.pull(force=True)
         except DvcException as exc:
-            raise PlutoError(f"data version {md5}: the DVC remote {remote_url} does not have it ({type(exc).__name__}: {exc}); "
+            raise PlutoError(f"data version {recorded}: the DVC remote {remote_url} does not have it ({type(exc).__name__}: {exc}); "
                              "was it pushed to another remote, or the store removed?") from exc
-    restore_tables(work_dir)
-    log.info("data version %s restored into %s", md5, work_dir)
+    link_tables(work_dir, catalog=True)
+    log.info("data version %s restored into %s", recorded, work_dir)
     return read_version(work_dir)
 
 
-def publish(project: Path, dvc_file: Path, remote_url: str, endpoint_url: str | None = None) -> DataVersion:
+def publish(project: Path, dvc_file: Path, remote_url: str, endpoint_url: str | None = None,
+            cache_dir: Path | None = None) -> DataVersion:
     """Point the DVC project's top-level `data.dvc` at the version `dvc_file` names, and pull it into `<project>/data`.
 
     The project (the repository root, `chain.dvc_project`) commits `.dvc/config` and `data.dvc`; the
-    remote URL of this machine goes to `.dvc/config.local` (git-ignored), so publishing never edits a
+    remote URL of this machine, and `cache_dir` (the work dir's DVC cache, shared so the tables are
+    linked, not copied again), go to `.dvc/config.local` (git-ignored), so publishing never edits a
     committed config. `data.dvc` then names the champion's data: `git diff data.dvc` shows the change,
     and `dvc pull` in a clone restores it wherever the remote is reachable.
     """
     project = Path(project).resolve()
     if not (project / ".dvc" / "config").is_file():
         raise PlutoError(f"{project}: not a DVC project (no .dvc/config); set chain.dvc_project to the repository root")
+    md5 = dvc_file_md5(dvc_file)
     with _repo(project) as repo:
         with repo.config.edit("local") as conf:
             conf["remote"][REMOTE_NAME] = {"url": _dvc_url(remote_url), **({"endpointurl": endpoint_url} if endpoint_url else {})}
+            if cache_dir is not None:
+                conf["cache"]["dir"] = str(Path(cache_dir).resolve())
     target = project / f"{SNAPSHOT}.dvc"
     previous = target.read_bytes() if target.is_file() else None
     write_with(target, lambda tmp: shutil.copyfile(dvc_file, tmp))
@@ -275,6 +316,6 @@ def publish(project: Path, dvc_file: Path, remote_url: str, endpoint_url: str | 
             if previous is not None:  # the project keeps naming the data it had
                 write_with(target, lambda tmp: Path(tmp).write_bytes(previous))
             raise PlutoError(f"{dvc_file}: the DVC remote {remote_url} lacks its data ({exc}); {target} unchanged") from exc
-    out = yaml.safe_load((project / f"{SNAPSHOT}.dvc").read_text())["outs"][0]
-    log.info("DVC project %s: data.dvc -> %s", project, out["md5"])
-    return DataVersion(out["md5"], int(out.get("nfiles", 0)), int(out.get("size", 0)), remote_url)
+    out = yaml.safe_load(target.read_text())["outs"][0]
+    log.info("DVC project %s: data.dvc -> %s", project, md5)
+    return DataVersion(md5, int(out.get("nfiles", 0)), int(out.get("size", 0)), remote_url)

@@ -24,6 +24,41 @@ TEST_AWS_KEY = "AKIAPLUTOTESTKEY0001"
 TEST_AWS_SECRET = "pluto-test-secret-do-not-log-0001"
 
 
+DVC_PROJECT_FILES = (".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore", "data.dvc")
+
+
+def dvc_project_like_the_repository(path: Path) -> Path:
+    """A git repository holding this repository's committed DVC files, as a fresh clone has them."""
+    import shutil
+    import subprocess
+
+    (path / ".dvc").mkdir(parents=True, exist_ok=True)
+    for name in DVC_PROJECT_FILES:
+        shutil.copyfile(REPO / name, path / name)
+    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "project"]):
+        subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True)
+    return path
+
+
+def pytest_configure(config):
+    # A promotion points chain.dvc_project's data.dvc at the champion's data; unset, that is this checkout.
+    # Tests (and the processes they start, which inherit the environment) use a scratch project instead.
+    if "PLUTO_CHAIN__DVC_PROJECT" not in os.environ:
+        import tempfile
+
+        project = dvc_project_like_the_repository(Path(tempfile.mkdtemp(prefix="pluto-dvc-project-")))
+        os.environ["PLUTO_CHAIN__DVC_PROJECT"] = config._pluto_dvc_project = str(project)
+
+
+def pytest_unconfigure(config):
+    project = getattr(config, "_pluto_dvc_project", None)
+    if project:
+        import shutil
+
+        shutil.rmtree(project, ignore_errors=True)
+        os.environ.pop("PLUTO_CHAIN__DVC_PROJECT", None)
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

@@ -76,36 +76,3 @@ def test_dvc_get_and_import_read_a_tagged_version(versioned, tmp_path):
     lock = yaml.safe_load((consumer / "cohort.dvc").read_text())
     assert lock["deps"][0]["repo"]["rev"] == data_tag(v2.md5) and lock["outs"][0]["md5"] == v2.md5
     assert sorted(p.name for p in (consumer / "cohort").iterdir()) == sorted(p.name for p in (out).iterdir())
-
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def test_the_committed_dvc_project_follows_the_champion_without_editing_its_config(tmp_path):
-    """The repository's own .dvc/config and ignore files, in a scratch clone-like project: publishing a
-    version rewrites data.dvc and pulls the tables into the git-ignored data/, and nothing else changes."""
-    import shutil
-
-    from pluto.data_version import publish
-
-    project = tmp_path / "project"
-    (project / ".dvc").mkdir(parents=True)
-    for name in (".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore"):
-        shutil.copyfile(REPO / name, project / name)
-    _git("init", "-q", cwd=project)
-    _git("add", "-A", cwd=project)
-    _git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "project", cwd=project)
-    work, remote = tmp_path / "work", (tmp_path / "stores" / "dvc").as_uri()
-    _tables(work, ["2026-01-01", "2026-01-02"])
-    v1 = commit_data(work, remote)
-    assert publish(project, work / "data.dvc", remote).md5 == v1.md5
-    assert table_hash(project / "data" / "catalog.parquet") == table_hash(work / "data" / "catalog.parquet")
-    assert (project / ".dvc" / "config").read_bytes() == (REPO / ".dvc" / "config").read_bytes()
-    assert _git("status", "--porcelain", cwd=project).split() == ["??", "data.dvc"]  # data/ and config.local ignored
-    missing = tmp_path / "missing.dvc"
-    missing.write_text((work / "data.dvc").read_text().replace(v1.md5, "0" * 32 + ".dir"))
-    with pytest.raises(PlutoError, match="lacks its data"):
-        publish(project, missing, remote)
-    assert (project / "data.dvc").read_bytes() == (work / "data.dvc").read_bytes()  # still names v1
-    with pytest.raises(PlutoError, match="not a DVC project"):
-        publish(tmp_path / "nowhere", work / "data.dvc", remote)

@@ -44,10 +44,14 @@ def test_data_version_in_the_file_remote_outlives_the_work_tables(tmp_path):
     _tables(work, ["2026-01-01T00:00:00", "2026-01-01T00:00:01"])
     v1 = commit_data(work, remote)
     fresh = tmp_path / "fresh"
-    assert checkout_data(fresh, v1.md5, remote).md5 == v1.md5
+    assert checkout_data(fresh, work / "data.dvc", remote).md5 == v1.md5
     assert table_hash(fresh / "catalog.parquet") == table_hash(work / "catalog.parquet")
-    with pytest.raises(PlutoError, match=f"{'f' * 32}.dir: the DVC remote .* does not have it"):
-        checkout_data(tmp_path / "other", "f" * 32, remote)
+    elsewhere = tmp_path / "elsewhere"  # a real version, pushed to another remote only
+    _tables(elsewhere, ["2026-02-02", "2026-02-03"])
+    (elsewhere / "tiles" / "spec.json").write_text('{"mode": "random"}')
+    v2 = commit_data(elsewhere, (tmp_path / "other-store").as_uri())
+    with pytest.raises(PlutoError, match=f"{v2.md5}: the DVC remote .* does not have it"):
+        checkout_data(tmp_path / "other", elsewhere / "data.dvc", remote)
 
 
 def test_services_refuse_a_busy_port_before_starting_anything(tmp_path):
@@ -69,7 +73,8 @@ def test_checkout_restores_the_versions_own_dvc_file_and_refuses_another(tmp_pat
     kept = tmp_path / "kept.dvc"
     kept.write_bytes((work / "data.dvc").read_bytes())
     fresh = tmp_path / "fresh"
-    assert checkout_data(fresh, v1.md5, remote, dvc_file=kept).md5 == v1.md5
+    assert checkout_data(fresh, kept, remote, md5=v1.md5).md5 == v1.md5
     assert (fresh / "data.dvc").read_bytes() == kept.read_bytes()
     with pytest.raises(PlutoError, match="names data .* but the model version records"):
-        checkout_data(tmp_path / "other", "0" * 32, remote, dvc_file=kept)
+        checkout_data(tmp_path / "other", kept, remote, md5="0" * 32)
+    assert not (tmp_path / "other").exists()  # refused before anything was written

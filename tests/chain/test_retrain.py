@@ -119,15 +119,18 @@ def test_runs_are_nested_and_record_data_version_and_git_sha(two_runs):
 
 def test_data_of_version_1_pulls_into_a_fresh_directory(two_runs, tmp_path):
     from pluto.data_version import checkout_data, table_hash
+    from pluto.registry.lineage import run_data_dvc
     from pluto.registry.register import get_record
 
     config, _, _ = two_runs
     record = get_record(config["mlflow"]["tracking_uri"], "pluto-tiny", version=1)
     remote = (Path(config["paths"]["work_dir"]) / "stores" / "dvc").as_uri()
-    checkout_data(tmp_path, record.data_hash, remote)
+    dvc_file = run_data_dvc(config["mlflow"]["tracking_uri"], record.run_id, tmp_path / "logged")
+    fresh = tmp_path / "work"
+    checkout_data(fresh, dvc_file, remote, md5=record.data_hash)
     work = Path(config["paths"]["work_dir"])
-    assert table_hash(tmp_path / "catalog.parquet") == table_hash(work / "catalog.parquet")
-    assert sorted(p.name for p in (tmp_path / "tiles").glob("part-*.parquet")) == sorted(p.name for p in (work / "tiles").glob("part-*.parquet"))
+    assert table_hash(fresh / "catalog.parquet") == table_hash(work / "catalog.parquet")
+    assert sorted(p.name for p in (fresh / "tiles").glob("part-*.parquet")) == sorted(p.name for p in (work / "tiles").glob("part-*.parquet"))
 
 
 def test_cli_in_a_new_process_checks_out_promotes_and_rolls_back_with_no_credentials(two_runs, own_mlflow, tmp_path):

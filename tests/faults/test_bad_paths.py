@@ -116,11 +116,14 @@ def test_s3_keys_leaving_the_prefix_are_flagged(key: str) -> None:
     assert not key_escapes("cohort/a..b.svs")
 
 
-@pytest.mark.parametrize("md5", ["../../etc/passwd", "0" * 31, "g" * 32, "d41d8cd98f00b204e9800998ecf8427e/../x"])
-def test_data_checkout_refuses_a_version_that_is_not_a_hash(tmp_path: Path, md5: str) -> None:
-    work = tmp_path / "work"
-    with pytest.raises(PlutoError, match="not a DVC data version"):
-        checkout_data(work, md5, "s3://bucket/dvc")
+@pytest.mark.parametrize(("md5", "path"), [("../../etc/passwd", "data"), ("0" * 31 + ".dir", "data"), ("g" * 32 + ".dir", "data"),
+                                           ("d41d8cd98f00b204e9800998ecf8427e/../x", "data"),
+                                           ("d41d8cd98f00b204e9800998ecf8427e.dir", "../elsewhere")])
+def test_data_checkout_refuses_a_dvc_file_that_is_not_a_data_version(tmp_path: Path, md5: str, path: str) -> None:
+    work, dvc_file = tmp_path / "work", tmp_path / "data.dvc"
+    dvc_file.write_text(f"outs:\n- md5: {md5}\n  hash: md5\n  path: {path}\n")
+    with pytest.raises(PlutoError, match=f"{dvc_file}: not a DVC data version"):
+        checkout_data(work, dvc_file, "s3://bucket/dvc")
     assert not work.exists()  # refused before anything was written
 
 

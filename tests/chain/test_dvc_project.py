@@ -1,0 +1,91 @@
+"""The DVC project at the repository root, as a DVC user meets it: each table stored once (DVC's
+hard-link cache), a promotion pointing the committed `data.dvc` at the champion's data, and a fresh
+`git clone` whose `dvc pull` restores those tables (or says plainly that the remote lacks them)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pluto.config import REPO_ROOT, load_settings
+from pluto.data_version import checkout_data, commit_data, publish, table_hash
+from pluto.errors import PlutoError
+from tests.chain.test_data_version import _tables
+from tests.conftest import dvc_project_like_the_repository
+
+DVC = str(Path(sys.executable).with_name("dvc"))
+
+
+def _git(*args: str, cwd: Path) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def _cached(work: Path, table: Path) -> Path:
+    md5 = hashlib.md5(table.read_bytes()).hexdigest()
+    return work / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def test_unset_dvc_project_is_the_repository_root(monkeypatch, tmp_path):
+    monkeypatch.delenv("PLUTO_CHAIN__DVC_PROJECT", raising=False)  # the test session points it at a scratch project
+    assert load_settings(paths={"work_dir": str(tmp_path)}).chain.dvc_project == REPO_ROOT
+    assert (REPO_ROOT / ".dvc" / "config").is_file() and (REPO_ROOT / "data.dvc").is_file()
+    assert os.environ.get("PLUTO_CHAIN__DVC_PROJECT") is None
+
+
+def test_each_table_is_one_file_stage_tracked_and_cached_alike(tmp_path):
+    work, remote = tmp_path / "work", (tmp_path / "stores" / "dvc").as_uri()
+    _tables(work, ["2026-01-01", "2026-01-02"])
+    commit_data(work, remote)
+    for rel in ("qc/a1/qc.parquet", "tiles/part-00000.parquet", "tiles/spec.json"):
+        stage, tracked = work / rel, work / "data" / rel
+        assert os.path.samefile(stage, tracked) and os.path.samefile(stage, _cached(work, stage)), rel
+    assert not os.path.samefile(work / "catalog.parquet", work / "data" / "catalog.parquet")  # rewritten without ingested_at
+
+    _tables(work, ["2027-01-01", "2027-01-02"])  # a stage rewrites identical tables: new files, cache untouched
+    assert not os.path.samefile(work / "qc/a1/qc.parquet", work / "data/qc/a1/qc.parquet")
+    commit_data(work, remote)
+    assert os.path.samefile(work / "qc/a1/qc.parquet", _cached(work, work / "qc/a1/qc.parquet"))  # relinked: one file again
+
+    fresh = tmp_path / "fresh"  # checkout links the stage tables to what DVC pulled
+    checkout_data(fresh, work / "data.dvc", remote)
+    assert os.path.samefile(fresh / "tiles/part-00000.parquet", fresh / "data/tiles/part-00000.parquet")
+    assert table_hash(fresh / "catalog.parquet") == table_hash(work / "data" / "catalog.parquet")
+
+
+def test_promotion_points_the_projects_data_dvc_at_the_champion_and_a_clone_pulls_it(tmp_path):
+    project = dvc_project_like_the_repository(tmp_path / "project")
+    committed_config = (project / ".dvc" / "config").read_bytes()
+    work, store = tmp_path / "work", tmp_path / "stores" / "dvc"
+    _tables(work, ["2026-01-01", "2026-01-02"])
+    v1 = commit_data(work, store.as_uri())
+    assert publish(project, work / "data.dvc", store.as_uri(), cache_dir=work / ".dvc" / "cache").md5 == v1.md5
+    assert (project / "data.dvc").read_bytes() == (work / "data.dvc").read_bytes()  # DVC's own file, not a rewrite
+    assert os.path.samefile(project / "data/qc/a1/qc.parquet", work / "qc/a1/qc.parquet")  # shared cache: linked, not copied
+    assert (project / ".dvc" / "config").read_bytes() == committed_config  # machine settings went to config.local
+    assert _git("status", "--porcelain", cwd=project).split() == ["M", "data.dvc"]  # data/ and config.local are ignored
+
+    elsewhere = tmp_path / "elsewhere"  # a version the remote lacks: the project keeps naming v1
+    _tables(elsewhere, ["2026-01-01", "2026-01-02"])
+    (elsewhere / "tiles" / "spec.json").write_text('{"mode": "random"}')
+    commit_data(elsewhere, (tmp_path / "other-store").as_uri())
+    with pytest.raises(PlutoError, match="lacks its data"):
+        publish(project, elsewhere / "data.dvc", store.as_uri())
+    assert (project / "data.dvc").read_bytes() == (work / "data.dvc").read_bytes()
+    with pytest.raises(PlutoError, match="not a DVC project"):
+        publish(tmp_path / "nowhere", work / "data.dvc", store.as_uri())
+
+    _git("commit", "-q", "-m", "champion data", "data.dvc", cwd=project)
+    clone = tmp_path / "clone"
+    _git("clone", "-q", str(project), str(clone), cwd=tmp_path)
+    lost = subprocess.run([DVC, "pull"], cwd=clone, capture_output=True, text=True)  # the default remote: not on this machine
+    assert lost.returncode != 0 and v1.md5 in lost.stdout + lost.stderr and not (clone / "data").exists()
+    subprocess.run([DVC, "remote", "modify", "--local", "store", "url", str(store)], cwd=clone, check=True)
+    subprocess.run([DVC, "pull"], cwd=clone, check=True, capture_output=True)
+    assert table_hash(clone / "data" / "catalog.parquet") == table_hash(work / "data" / "catalog.parquet")
+    assert (clone / "data/tiles/part-00000.parquet").read_bytes() == (work / "tiles/part-00000.parquet").read_bytes()
