@@ -1,0 +1,532 @@
+"""Does pretraining learn? Probe the teacher at checkpoints against its random-init twin and mean RGB.
+
+Pretraining data: 224-px tiles of the bundled H&E, cut at 0.5 and 1.0 um/px (kept when their mean
+HSV saturation says tissue, `pluto.eval.derived.saturation`): the 20 MoNuSeg regions
+(`regions_monuseg/images`, 1000 x 1000, their um/px from `mpp_overrides.csv`, area-resampled) and
+the CMU slide (read through `pluto.slides.read_tile`). The tiles go to an image folder, and the run
+is the project's own: `pluto.train.trainer.train` with a `TrainConfig` (`data_kind="images"`; the
+folder mixes two resolutions, so `image_mpp` stays unknown), checkpointing at 1/3, 2/3 and the end.
+
+Evaluation (pluto.eval, CLS embeddings): on every task, every encoder is scored on the same folds,
+`repeats` x `folds`-fold stratified (`stratified_folds`, seeds 0..repeats-1; region-grouped on the
+magnification set): the quick linear probe (`pooled_out_of_fold` around `fit_linear_probe`, as
+`cross_validated_probe`: fold f tests, fold f+1 is held out for validation, the rest trains) and a
+cosine kNN (`knn_accuracy`, k=5, trained on every other fold). Encoders: the teacher at step 0 (the
+run's own initialisation, rebuilt under the run's seed) and at each checkpoint ("trained"), the
+gate's random-init twin (`pluto.eval.baselines.random_init_twin` of the trained model), mean RGB
+(`mean_rgb_features`), and with `--init-from` the parent model a warm-started run starts from.
+Tasks: the 32 bundled CRC patches (8 classes, 4 each), magnification (0.5 / 1 / 2 um/px reads of the
+CMU slide, `resolution_set`) and QC labels (tissue / background / pen tiles, `bundled_qc_label_set`).
+
+Statistics: a row's mean and std are over the repeats (each repeat's score pools its out-of-fold
+predictions, the suite's convention). A comparison trained - random_init is paired per fold (the
+same test items, the same training items): its mean over the repeats x folds differences, and a
+standard error from the corrected repeated k-fold cross-validation test (Bouckaert & Frank 2004,
+PAKDD, "Evaluating the replicability of significance tests for comparing learning algorithms",
+after Nadeau & Bengio 2003, Machine Learning 52:239-281): var(d) x (1/n + n_test/n_train), since
+folds that share training items are correlated and the plain var(d)/n understates the spread.
+
+`--diagnostic-crc-ssl` pretrains on the 32 CRC patch images themselves (no labels) and scores CRC
+only: it separates the SSL code from data scarcity (a working DINO/iBOT should beat random init on
+the very images it trained on). A diagnostic, not a result: train and test images are the same.
+
+    python -m bench.bench_learning --quick                      # CPU, pluto_tiny (< 12 min on 2 cores)
+    python -m bench.bench_learning --quick --diagnostic-crc-ssl
+    python -m bench.bench_learning --arch pluto_4s --ssl-preset pluto_4s --steps 300 --batch 32   # a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.common import REPO, machine, write_section
+
+log = logging.getLogger("bench.bench_learning")
+
+NAME = "bench_learning"
+TITLE = "does pretraining learn? trained teacher vs random-init twin and mean RGB"
+DATA = REPO.parent / "shared" / "data"
+TILE_MPPS = (0.5, 1.0)
+TILE_PX = 224
+KNN_K = 5  # TrainConfig.knn_k: the trainer's kNN monitor
+RESULTS = REPO / "bench" / "results"
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    dataset: object  # pluto.eval ImageFiles / ArrayImages (uint8 CHW items at the encoder's input size)
+    y: np.ndarray
+    groups: np.ndarray | None = None
+
+
+# ---------------------------------------------------------------- pretraining data
+
+
+def _keep(rgb: np.ndarray) -> bool:
+    from pluto.eval.derived import MIN_TISSUE_SATURATION, saturation
+
+    return saturation(rgb) >= MIN_TISSUE_SATURATION
+
+
+def _origins(side: int, tile: int) -> list[int]:
+    """Tile origins along one axis: round(side / tile) tiles spread evenly (one centred tile when it fits once)."""
+    n = int(round(side / tile))
+    if side < tile:
+        return []
+    if n <= 1:
+        return [(side - tile) // 2]
+    return [int(round(v)) for v in np.linspace(0, side - tile, n)]
+
+
+def region_tiles(image: Path, mpp: float, out: Path) -> int:
+    """Tiles of one unpyramided region (MoNuSeg) at each TILE_MPPS, area-resampled from its um/px."""
+    import cv2
+    from PIL import Image
+
+    with Image.open(image) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    n = 0
+    for target in TILE_MPPS:
+        scale = mpp / target
+        small = cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+        for y in _origins(small.shape[0], TILE_PX):
+            for x in _origins(small.shape[1], TILE_PX):
+                tile = small[y : y + TILE_PX, x : x + TILE_PX]
+                if _keep(tile):
+                    Image.fromarray(tile).save(out / f"mpp{target:g}" / f"{image.stem}_{x}_{y}.png")
+                    n += 1
+    return n
+
+
+def slide_tiles(slide: Path, out: Path) -> int:
+    """Grid tiles of a slide at each TILE_MPPS through pluto.slides (the reader the tiling stage uses)."""
+    from PIL import Image
+
+    from pluto.slides import get_handle, read_tile
+
+    handle = get_handle(slide)
+    info = handle.info
+    n = 0
+    for target in TILE_MPPS:
+        fov = int(round(TILE_PX * target / info.mpp))  # level-0 px per tile
+        for y in _origins(info.height, fov):
+            for x in _origins(info.width, fov):
+                tile = read_tile(handle, x, y, target, TILE_PX)
+                if _keep(tile):
+                    Image.fromarray(tile).save(out / f"mpp{target:g}" / f"{slide.stem}_{x}_{y}.png")
+                    n += 1
+    return n
+
+
+def cut_pretraining_tiles(out: Path, data: Path = DATA) -> dict[str, int]:
+    """The bundled unlabelled H&E as tile files under `out/mpp<m>/`; tiles per source."""
+    import csv
+
+    for m in TILE_MPPS:
+        (out / f"mpp{m:g}").mkdir(parents=True, exist_ok=True)
+    regions = data / "regions_monuseg"
+    with (regions / "mpp_overrides.csv").open(newline="") as f:
+        mpp = {r["slide"]: float(r["mpp"]) for r in csv.DictReader(f)}
+    counts = {"regions_monuseg": sum(region_tiles(p, mpp[p.name], out) for p in sorted((regions / "images").glob("*.tif")))}
+    slide = data / "wsi" / "CMU-1-Small-Region.svs"
+    counts[slide.name] = slide_tiles(slide, out)
+    return counts
+
+
+# ---------------------------------------------------------------- training
+
+
+def train_config(args, data: Path, run_dir: Path, image_mpp: float | None):
+    from pluto.ssl import ssl_preset
+    from pluto.train.config import TrainConfig
+
+    every = max(1, args.steps // args.checkpoints)
+    return TrainConfig(
+        arch=args.arch, ssl=ssl_preset(args.ssl_preset), data=str(data), data_kind="images", image_mpp=image_mpp,
+        run_dir=str(run_dir), batch_per_gpu=args.batch, global_batch=args.batch, steps=args.steps, seed=args.seed,
+        precision="bf16" if args.device == "cuda" else "fp32", num_workers=args.workers, ckpt_every=every,
+        keep_ckpts=args.checkpoints + 1, log_every=max(1, args.steps // 20), tracking_uri="", init_from=args.init_from or "",
+    )
+
+
+def initial_teacher(cfg) -> torch.nn.Module:
+    """The teacher backbone a run starts from: built as `train` builds it (seed, then the objective), warm start applied."""
+    from pluto.train.trainer import build_objective, warm_start
+
+    torch.manual_seed(cfg.seed)
+    obj = build_objective(replace(cfg, compile=False), torch.device("cpu"))
+    if cfg.init_from:
+        warm_start(obj, cfg.init_from, cfg.arch)
+    return obj.teacher["backbone"].eval()
+
+
+def checkpoint_teachers(cfg) -> dict[int, torch.nn.Module]:
+    """Teacher backbone at every kept checkpoint of the run, by step."""
+    import timm
+
+    import pluto.models  # noqa: F401 - registers the pluto_* architectures
+    from pluto.train.checkpoint import list_checkpoints, load_checkpoint
+
+    out = {}
+    for path in list_checkpoints(Path(cfg.run_dir) / "checkpoints"):
+        meta, state = load_checkpoint(path)
+        model = timm.create_model(cfg.arch, pretrained=False)
+        model.load_state_dict({k.removeprefix("backbone."): v for k, v in state["teacher"].items() if k.startswith("backbone.")})
+        out[meta.step] = model.eval()
+    return dict(sorted(out.items()))
+
+
+def pretrain(cfg) -> dict:
+    """Run the trainer; wall time and the collapse monitors at each checkpoint step."""
+    from pluto.train.trainer import train
+
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    result = train(cfg)
+    keys = ("loss", "dino", "ibot", "teacher_entropy", "teacher_kl_uniform", "cls_std", "cls_rank")
+    hist = {int(h["step"]): h for h in result.history}
+    monitors = {s: {k: round(float(hist[s][k]), 4) for k in keys if k in hist[s]} for s in hist
+                if s % cfg.ckpt_every == 0 or s == cfg.steps}
+    return {"train_s": round(time.perf_counter() - t0, 1), "train_cpu_s": round(time.process_time() - cpu0, 1),
+            "steps": result.step, "collapse": result.collapse, "monitors": monitors}
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def load_tasks(names: tuple[str, ...], px: int, data: Path = DATA) -> list[Task]:
+    from pluto.eval import ArrayImages, ImageFiles, read_labels_csv
+
+    tasks = []
+    for name in names:
+        if name == "crc_tissue":
+            crc = data / "patches_crc_val_he_7k"
+            labeled = read_labels_csv(crc, crc / "labels.csv")
+            tasks.append(Task(name, ImageFiles(labeled.paths, px), labeled.label_ids))
+        elif name == "magnification":
+            from pluto.eval.derived import resolution_set
+
+            images, y, regions = resolution_set(data / "wsi" / "CMU-1-Small-Region.svs", tile_px=px)
+            tasks.append(Task(name, ArrayImages(images, px), y, regions))
+        elif name == "qc_labels":
+            from pluto.eval.derived import bundled_qc_label_set
+
+            qc = bundled_qc_label_set(data / "wsi" / "CMU-1-Small-Region.svs", data / "artifacts" / "labels.csv", tile_px=px)
+            tasks.append(Task(name, ArrayImages(qc.images, px), qc.labels))
+        else:
+            raise ValueError(f"unknown task {name!r}")
+    return tasks
+
+
+def fold_plans(task: Task, repeats: int, n_folds: int) -> list[np.ndarray]:
+    """Fold index per item for each repeat (seed 0..repeats-1): the folds `pooled_out_of_fold` deals."""
+    from pluto.eval.linear_probe import stratified_folds
+
+    return [stratified_folds(task.y, n_folds, seed, task.groups) for seed in range(repeats)]
+
+
+def plans_digest(plans: list[np.ndarray]) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.stack(plans).astype(np.int64).tobytes()).hexdigest()[:16]
+
+
+def score(x: np.ndarray, task: Task, plans: list[np.ndarray], n_folds: int) -> dict[str, dict]:
+    """Per metric: `pooled` (one score per repeat), `folds` (repeats x folds, per-fold scores) and the
+    mean n_test / n_train of the folds (for the corrected variance)."""
+    from pluto.eval.linear_probe import knn_accuracy, pooled_out_of_fold, probe_protocol_for
+
+    y = task.y
+    k = int(y.max() + 1)
+    protocol = replace(probe_protocol_for("folder", "quick"), bootstrap=False)  # as cross_validated_probe
+    probe_pooled, probe_folds, probe_ratio = [], [], []
+    knn_pooled, knn_folds, knn_ratio = [], [], []
+    for seed, folds in enumerate(plans):
+        per_fold = []
+
+        def fit_fold(tr, va, te, s):
+            from pluto.eval.linear_probe import fit_linear_probe
+
+            fit = fit_linear_probe(x[tr], y[tr], x[va], y[va], x[te], y[te], protocol, s, k)
+            per_fold.append(fit.test_balanced_accuracy)
+            probe_ratio.append(te.sum() / tr.sum())
+            return fit.test_pred
+
+        probe_pooled.append(pooled_out_of_fold(fit_fold, y, n_folds, seed, task.groups))
+        probe_folds.append(per_fold)
+        accs, sizes = [], []
+        for f in range(int(folds.max()) + 1):
+            te = folds == f
+            accs.append(knn_accuracy(x[~te], y[~te], x[te], y[te], k=KNN_K))
+            sizes.append(te.sum())
+            knn_ratio.append(te.sum() / (~te).sum())
+        knn_pooled.append(float(np.dot(accs, sizes) / np.sum(sizes)))  # pooled out-of-fold accuracy
+        knn_folds.append(accs)
+    return {
+        "linear_probe_balanced_accuracy": {"pooled": probe_pooled, "folds": probe_folds, "test_train_ratio": float(np.mean(probe_ratio))},
+        "knn_accuracy": {"pooled": knn_pooled, "folds": knn_folds, "test_train_ratio": float(np.mean(knn_ratio))},
+    }
+
+
+def corrected_comparison(a: dict, b: dict) -> dict:
+    """Paired a - b over the same repeats x folds; SE from the corrected repeated k-fold CV variance."""
+    d = (np.asarray(a["folds"], float) - np.asarray(b["folds"], float)).ravel()
+    n = d.size
+    se = float(np.std(d, ddof=1) * math.sqrt(1 / n + a["test_train_ratio"])) if n > 1 else math.nan
+    return {"diff_mean": float(d.mean()), "diff_se": se, "n": n, "naive_se": float(np.std(d, ddof=1) / math.sqrt(n)) if n > 1 else math.nan}
+
+
+def embeddings(model, task: Task, args) -> np.ndarray:
+    from pluto.eval import extract_embeddings
+
+    return extract_embeddings(model, task.dataset, "cls", 64, args.device)
+
+
+def evaluate_all(encoders: list[tuple[str, int | None, object]], tasks: list[Task], args) -> tuple[list[dict], dict]:
+    """Rows for every (encoder, task, metric) and the raw scores keyed (encoder, steps, task, metric).
+
+    Encoders with identical weights (`model_id`: the step-0 teacher is usually the twin itself) are scored once."""
+    from pluto.eval import mean_rgb_features, model_id
+
+    rows, raw = [], {}
+    for task in tasks:
+        plans = fold_plans(task, args.repeats, args.folds)
+        digest = plans_digest(plans)
+        done: dict[str, dict] = {}
+        for who, steps, model in encoders:
+            key = "mean_rgb" if model is None else model_id(model)
+            if key not in done:
+                x = mean_rgb_features(task.dataset) if model is None else embeddings(model, task, args)
+                done[key] = score(x, task, plans, args.folds)
+            for metric, s in done[key].items():
+                raw[(who, steps, task.name, metric)] = s
+                v = np.asarray(s["pooled"])
+                rows.append({"encoder": who, "task": task.name, "metric": metric, "mean": round(float(v.mean()), 4),
+                             "std": round(float(v.std(ddof=1)), 4) if v.size > 1 else None, "n": int(v.size), "steps": steps,
+                             "folds": args.folds, "folds_sha": digest, "weights": key[:16],
+                             "fold_values": [[round(float(a), 6) for a in f] for f in s["folds"]],
+                             "test_train_ratio": round(s["test_train_ratio"], 6)})
+        log.info("evaluated %s", task.name)
+    return rows, raw
+
+
+def comparisons(raw: dict, tasks: list[Task], trained_steps: list[int]) -> list[dict]:
+    out = []
+    for task in tasks:
+        for metric in ("linear_probe_balanced_accuracy", "knn_accuracy"):
+            twin = raw[("random_init", 0, task.name, metric)]
+            for steps in trained_steps:
+                c = corrected_comparison(raw[("trained", steps, task.name, metric)], twin)
+                out.append({"task": task.name, "metric": metric, "a": "trained", "b": "random_init", "steps": steps,
+                            **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in c.items()},
+                            "beats_2se": bool(c["diff_mean"] > 2 * c["diff_se"])})
+    return out
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run(args) -> dict:
+    from pluto.eval import random_init_twin
+    from pluto.eval.embeddings import input_px
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z")
+    with tempfile.TemporaryDirectory(prefix="bench_learning-") as tmp:
+        tmp = Path(tmp)
+        if args.diagnostic_crc_ssl:
+            data, counts, image_mpp = DATA / "patches_crc_val_he_7k" / "images", {"patches_crc_val_he_7k": 32}, 0.5
+        else:
+            data, image_mpp = tmp / "tiles", None
+            counts = cut_pretraining_tiles(data)
+        log.info("pretraining tiles: %s", counts)
+        cfg = train_config(args, data, tmp / "run", image_mpp)
+        start = initial_teacher(cfg)
+        train_info = pretrain(cfg)
+        trained = {0: start, **checkpoint_teachers(cfg)}
+    final = trained[max(trained)]
+    encoders = [("trained", s, m) for s, m in trained.items()]
+    encoders += [("random_init", 0, random_init_twin(final)), ("mean_rgb", None, None)]
+    if args.init_from:
+        from pluto.models import load_model
+
+        encoders.append(("parent", None, load_model(args.init_from).eval()))
+    tasks = load_tasks(("crc_tissue",) if args.diagnostic_crc_ssl else tuple(args.tasks), input_px(final))
+    t_eval = time.perf_counter()
+    rows, raw = evaluate_all(encoders, tasks, args)
+    return {
+        "bench": NAME, "mode": "diagnostic_crc_ssl" if args.diagnostic_crc_ssl else "result", "quick": args.quick,
+        "created": started, "machine": {**machine(), "device": args.device, "torch_threads": torch.get_num_threads(),
+                                        "torch": torch.__version__},
+        "config": {"arch": cfg.arch, "ssl_preset": args.ssl_preset, "steps": cfg.steps, "batch": cfg.global_batch, "seed": cfg.seed,
+                   "checkpoint_steps": sorted(trained), "init_from": cfg.init_from or None, "repeats": args.repeats,
+                   "folds": args.folds, "knn_k": KNN_K, "embedding": "cls", "probe": "quick (pooled out-of-fold)",
+                   "tile_mpps": list(TILE_MPPS) if not args.diagnostic_crc_ssl else [0.5], "tile_px": TILE_PX,
+                   "pretraining_tiles": counts},
+        "train": train_info, "eval_s": round(time.perf_counter() - t_eval, 1), "total_s": round(time.perf_counter() - t0, 1),
+        "total_cpu_s": round(time.process_time() - cpu0, 1),
+        "rows": rows, "comparisons": comparisons(raw, tasks, sorted(trained)),
+    }
+
+
+# ---------------------------------------------------------------- reporting
+
+
+def table(result: dict) -> str:
+    steps = result["config"]["checkpoint_steps"]
+    final = max(steps)
+    by = {(r["encoder"], r["steps"], r["task"], r["metric"]): r for r in result["rows"]}
+    comp = {(c["task"], c["metric"]): c for c in result["comparisons"] if c["steps"] == final}
+    has_parent = any(r["encoder"] == "parent" for r in result["rows"])
+    head = ["task", "metric", "mean RGB", "random init"] + (["parent"] if has_parent else []) + [f"step {s}" for s in steps]
+    head += [f"step {final} - random init (± SE)", "> 2 SE"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    fmt = lambda r: f"{r['mean']:.3f} ± {r['std']:.3f}" if r and r["std"] is not None else (f"{r['mean']:.3f}" if r else "")  # noqa: E731
+    for (task, metric), c in comp.items():
+        cells = [task, metric.replace("_", " "), fmt(by.get(("mean_rgb", None, task, metric))), fmt(by.get(("random_init", 0, task, metric)))]
+        cells += [fmt(by.get(("parent", None, task, metric)))] if has_parent else []
+        cells += [fmt(by.get(("trained", s, task, metric))) for s in steps]
+        cells += [f"{c['diff_mean']:+.3f} ± {c['diff_se']:.3f}", "yes" if c["beats_2se"] else "no"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def describe(result: dict) -> str:
+    c, m, t = result["config"], result["machine"], result["train"]
+    tiles = ", ".join(f"{k}: {v}" for k, v in c["pretraining_tiles"].items())
+    end = t["monitors"].get(str(t["steps"])) or t["monitors"].get(t["steps"]) or {}
+    mon = ", ".join(f"{k} {v}" for k, v in end.items())
+    return (f"{c['arch']} ({c['ssl_preset']} SSL preset), {c['steps']} steps x batch {c['batch']}, seed {c['seed']}, on {m['cpu']} "
+            f"({m['device']}, {m['torch_threads']} torch threads, {m['cores']} cores shared, load {m['load_1min']} at start), "
+            f"git {m['git_sha']}, {result['created']}. Training {t['train_s']:.0f} s, evaluation {result['eval_s']:.0f} s, "
+            f"total {result['total_s']:.0f} s. Pretraining tiles ({TILE_PX} px at {'/'.join(f'{v:g}' for v in c['tile_mpps'])} um/px): "
+            f"{tiles}. Probes: CLS, {c['repeats']} x {c['folds']}-fold stratified (same folds for every encoder), quick linear "
+            f"probe (balanced accuracy) and {c['knn_k']}-NN (accuracy); mean ± std over the repeats. Collapse monitors at the "
+            f"last step: {mon or 'n/a'} (verdict: {t['collapse'] or 'none'}).")
+
+
+def readme_body(results: dict[str, dict]) -> str:
+    parts = []
+    res = results.get("result")
+    if res:
+        crc = next((c for c in res["comparisons"] if c["task"] == "crc_tissue" and c["metric"] == "linear_probe_balanced_accuracy"
+                    and c["steps"] == max(res["config"]["checkpoint_steps"])), None)
+        verdict = ("" if crc is None else
+                   f"\n\nTarget (issue 12, `--quick`, CRC linear probe): diff_mean > 2 x diff_se: {crc['diff_mean']:+.3f} vs "
+                   f"2 x {crc['diff_se']:.3f} = {2 * crc['diff_se']:.3f}: **{'met' if crc['beats_2se'] else 'not met'}**.")
+        parts.append(f"### Result{' (--quick)' if res['quick'] else ''}\n\n{describe(res)}\n\n{table(res)}{verdict}\n\n"
+                     f"Learning curve: `{res.get('png', '')}`.")
+    diag = results.get("diagnostic_crc_ssl")
+    if diag:
+        parts.append("### Diagnostic, not a result: SSL on the 32 CRC patches themselves (`--diagnostic-crc-ssl`)\n\n"
+                     "Pretrained on the very images it is probed on (no labels), to tell the SSL code from data scarcity: a "
+                     f"working DINO/iBOT should beat random init here.\n\n{describe(diag)}\n\n{table(diag)}")
+    parts.append(
+        "Statistics: rows are mean ± std over the repeats; the difference is paired per fold (repeats x folds pairs on the "
+        "same items) with the corrected repeated k-fold CV standard error, var(d) x (1/n + n_test/n_train) (Bouckaert & "
+        "Frank 2004, after Nadeau & Bengio 2003). Random init is the gate's twin (`pluto.eval.baselines.random_init_twin` of "
+        "the trained model, seed 0); step 0 is the run's own initialisation (same architecture and seed).\n\n"
+        "GPU figures pending: no GPU was lent to this task (`python -m bench.bench_learning --arch pluto_4s --ssl-preset "
+        "pluto_4s --device cuda ...` on one).")
+    return "\n\n".join(parts)
+
+
+def latest_results(results_dir: Path = RESULTS) -> dict[str, dict]:
+    """The newest JSON of each mode in bench/results (by its `created` time)."""
+    out: dict[str, dict] = {}
+    for path in results_dir.glob(f"{NAME}-*.json"):
+        try:
+            r = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if r.get("bench") == NAME and r.get("created", "") > out.get(r.get("mode"), {}).get("created", ""):
+            out[r["mode"]] = r
+    return out
+
+
+def learning_curve(result: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in result["rows"]))
+    metrics = ("linear_probe_balanced_accuracy", "knn_accuracy")
+    fig, axes = plt.subplots(len(metrics), len(tasks), figsize=(4.2 * len(tasks), 3.4 * len(metrics)), squeeze=False)
+    for j, task in enumerate(tasks):
+        for i, metric in enumerate(metrics):
+            ax = axes[i][j]
+            rows = [r for r in result["rows"] if r["task"] == task and r["metric"] == metric]
+            tr = sorted((r for r in rows if r["encoder"] == "trained"), key=lambda r: r["steps"])
+            ax.errorbar([r["steps"] for r in tr], [r["mean"] for r in tr], yerr=[r["std"] or 0 for r in tr], marker="o",
+                        capsize=3, label="trained (teacher)")
+            for r, style in ((next((r for r in rows if r["encoder"] == "random_init"), None), "--"),
+                             (next((r for r in rows if r["encoder"] == "mean_rgb"), None), ":"),
+                             (next((r for r in rows if r["encoder"] == "parent"), None), "-.")):
+                if r:
+                    ax.axhline(r["mean"], linestyle=style, color="grey" if r["encoder"] != "parent" else "green", label=r["encoder"])
+            ax.set_title(f"{task}: {metric.replace('_', ' ')}", fontsize=9)
+            ax.set_xlabel("optimizer steps")
+            if j == 0:
+                ax.set_ylabel("score (mean ± std over repeats)")
+            ax.legend(fontsize=7)
+    tag = "diagnostic: SSL on the CRC patches" if result["mode"] != "result" else "pretrained on bundled H&E tiles"
+    fig.suptitle(f"{NAME} ({tag}), {result['config']['arch']}, git {result['machine']['git_sha']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="CPU: pluto_tiny, demo preset, 450 steps x 8, 10 x 4 folds (< 12 min on 2 cores)")
+    ap.add_argument("--diagnostic-crc-ssl", action="store_true", help="pretrain on the CRC patches themselves (a diagnostic)")
+    ap.add_argument("--arch", default="pluto_tiny")
+    ap.add_argument("--ssl-preset", default="demo")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps (quick: 450, else 1500)")
+    ap.add_argument("--batch", type=int, default=8, help="tiles per step")
+    ap.add_argument("--checkpoints", type=int, default=3, help="evaluated checkpoints after step 0")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--folds", type=int, default=4)
+    ap.add_argument("--tasks", nargs="+", default=["crc_tissue", "magnification", "qc_labels"])
+    ap.add_argument("--init-from", default="", help="warm start from a saved pluto model (its rows: 'parent')")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", type=int, default=1, help="DataLoader workers (multi-crop off the training thread)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default). 1: on a shared 2-core VM two "
+                    "threads oversubscribed the cores and cost ~10x the CPU time per step")
+    ap.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/bench_learning[-mode]-<sha>.json)")
+    ap.add_argument("--no-readme", action="store_true", help="do not rewrite the bench/README.md section")
+    args = ap.parse_args(argv)
+    if args.steps is None:
+        args.steps = 450 if args.quick else 1500
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    result = run(args)
+    mode = "" if result["mode"] == "result" else "diagnostic-"
+    out = args.out or RESULTS / f"{NAME}-{mode}{'quick-' if args.quick else ''}{result['machine']['git_sha']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png = learning_curve(result, out.with_suffix(".png"))
+    result["png"] = str(png.relative_to(REPO)) if png.is_relative_to(REPO) else str(png)
+    out.write_text(json.dumps(result, indent=2))
+    if not args.no_readme:
+        write_section(NAME, TITLE, readme_body(latest_results(out.parent) | {result["mode"]: result}))
+    print(table(result))  # noqa: T201 - a benchmark script reports on stdout
+    return result
+
+
+if __name__ == "__main__":
+    main()
