@@ -17,6 +17,7 @@ class QuarantineReason(str, Enum):
     """Why a slide was set aside. Stored verbatim in the catalog's `status` column."""
 
     unreadable = "unreadable"  # opens but pixels cannot be decoded
+    decode_mismatch = "decode_mismatch"  # the read path's pixels disagree with an independent decoder
     truncated = "truncated"  # file shorter than its own header says
     empty = "empty"  # zero bytes
     not_a_slide = "not_a_slide"  # no reader recognises the format

@@ -17,12 +17,18 @@ from typing import Any
 import numpy as np
 
 from pluto.errors import QuarantineReason, SlideError
-from pluto.slides.metadata import MAX_DIMENSION_PX, MPP_RANGE, SlideInfo, info_from_openslide, open_openslide
+from pluto.slides.metadata import MAX_DIMENSION_PX, MPP_RANGE, SlideInfo, check_file, info_from_openslide, open_openslide
 from pluto.slides.tiff_tiles import BACKGROUND, TiffTiles
 
 
 class SlideHandle:
-    """One open slide: `.info` plus level reads in level pixels (direct TIFF tiles or OpenSlide)."""
+    """One open slide: `.info` plus level reads in level pixels, whichever reader serves the format.
+
+    `reader` names it: "openslide+direct" (OpenSlide's metadata, every level a TIFF page of a proven
+    codec and colour space, decoded here; Aperio SVS, generic pyramidal TIFF), "openslide" (anything
+    else OpenSlide opens: other vendors, DICOM, TIFF codecs or colour spaces not proven here),
+    "tifffile" (OME-TIFF, and TIFFs OpenSlide cannot open; see `tiff_reader`).
+    """
 
     def __init__(
         self,
@@ -32,16 +38,32 @@ class SlideHandle:
         mpp_range: tuple[float, float] = MPP_RANGE,
         max_dimension_px: int = MAX_DIMENSION_PX,
     ) -> None:
+        from pluto.slides.tiff_reader import is_ome_tiff, open_tiff
+
         self.path = str(path)
-        self._osr = open_openslide(self.path)
+        self._osr: Any = None
+        self._tiles: TiffTiles | None = None
+        limits = {"mpp_range": mpp_range, "max_dimension_px": max_dimension_px}
+        check_file(self.path)
+        if is_ome_tiff(self.path):
+            self.info, self._tiles = open_tiff(self.path, mpp_override, **limits)
+            self.reader = "tifffile"
+            return
         try:
-            self.info: SlideInfo = info_from_openslide(
-                self.path, self._osr, mpp_override, mpp_range=mpp_range, max_dimension_px=max_dimension_px
-            )
+            self._osr = open_openslide(self.path)
+        except SlideError as exc:
+            if exc.reason not in (QuarantineReason.not_a_slide, QuarantineReason.unreadable) or not _is_tiff(self.path):
+                raise
+            self.info, self._tiles = open_tiff(self.path, mpp_override, **limits)
+            self.reader = "tifffile"
+            return
+        try:
+            self.info: SlideInfo = info_from_openslide(self.path, self._osr, mpp_override, **limits)
         except SlideError:
             self._osr.close()
             raise
-        self._tiles = TiffTiles.try_open(self.path, self.info.level_dims)
+        self._tiles = TiffTiles.for_levels(self.path, self.info.level_dims)
+        self.reader = "openslide" if self._tiles is None else "openslide+direct"
 
     @property
     def direct(self) -> bool:
@@ -55,36 +77,54 @@ class SlideHandle:
         return self._read_openslide(level, x_lv, y_lv, w, h)
 
     def read_level_openslide(self, level: int, x_lv: int, y_lv: int, w: int, h: int) -> np.ndarray:
-        """Same region through OpenSlide (used by pre-flight checks and as the fallback reader)."""
+        """Same region through OpenSlide (the reference of the direct path; the "tifffile" reader has none)."""
+        if self._osr is None:
+            raise SlideError(self.path, QuarantineReason.not_a_slide, "not opened by OpenSlide")
         return self._read_openslide(level, x_lv, y_lv, w, h)
 
-    def _read_openslide(self, level: int, x_lv: int, y_lv: int, w: int, h: int) -> np.ndarray:
-        import openslide
+    @property
+    def tiles(self) -> TiffTiles | None:
+        """The direct tile reader (None when OpenSlide decodes every read)."""
+        return self._tiles
 
-        ds = self._osr.level_downsamples[level]
-        try:
-            rgba = np.asarray(self._osr.read_region((int(round(x_lv * ds)), int(round(y_lv * ds))), level, (w, h)))
-        except openslide.OpenSlideError as exc:
-            raise SlideError(self.path, QuarantineReason.unreadable, f"level {level}: {exc}") from exc
-        alpha = rgba[..., 3:4].astype(np.uint16)
-        rgb = rgba[..., :3].astype(np.uint16)
-        return ((rgb * alpha + BACKGROUND * (255 - alpha)) // 255).astype(np.uint8)
+    def _read_openslide(self, level: int, x_lv: int, y_lv: int, w: int, h: int) -> np.ndarray:
+        return read_openslide(self._osr, self.path, level, x_lv, y_lv, w, h)
 
     @property
     def openslide(self) -> Any:
-        """The underlying OpenSlide object (never use it to read label/macro images)."""
+        """The underlying OpenSlide object, None for the "tifffile" reader (never read label/macro images)."""
         return self._osr
 
     def close(self) -> None:
         if self._tiles is not None:
             self._tiles.close()
-        self._osr.close()
+        if self._osr is not None:
+            self._osr.close()
 
     def __enter__(self) -> "SlideHandle":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_openslide(osr: Any, path: str, level: int, x_lv: int, y_lv: int, w: int, h: int) -> np.ndarray:
+    """RGB (h, w, 3) uint8 of `level` px from an OpenSlide object, transparent pixels on white."""
+    import openslide
+
+    ds = osr.level_downsamples[level]
+    try:
+        rgba = np.asarray(osr.read_region((int(round(x_lv * ds)), int(round(y_lv * ds))), level, (w, h)))
+    except openslide.OpenSlideError as exc:
+        raise SlideError(path, QuarantineReason.unreadable, f"level {level}: {exc}") from exc
+    alpha = rgba[..., 3:4].astype(np.uint16)
+    rgb = rgba[..., :3].astype(np.uint16)
+    return ((rgb * alpha + BACKGROUND * (255 - alpha)) // 255).astype(np.uint8)
+
+
+def _is_tiff(path: str) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(4) in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 
 
 def open_slide(path: str | Path, mpp_override: float | None = None, **limits: Any) -> SlideHandle:

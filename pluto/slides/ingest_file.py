@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from pluto.atomic import write_bytes
 from pluto.errors import PlutoError, QuarantineReason, SlideError
+from pluto.slides.decode_check import check_decode
 from pluto.slides.geometry import plan_read
 from pluto.slides.handles import open_slide
 from pluto.slides.ingest_sources import SlideSource, load_sources, lookup, read_keyed_csv
@@ -31,6 +32,7 @@ from pluto.slides.reader import read_request
 log = logging.getLogger(__name__)
 
 PREFLIGHT_TILE_PX = 224
+PREFLIGHT_VERSION = 2  # bumped when pre-flight checks more (2: decode_check), so older records are re-checked
 RECORDS_DIR = Path("ingest") / "records"
 ProgressFn = Callable[[int, int, str], None]  # (done, total, file name)
 
@@ -66,7 +68,8 @@ def read_record(out_dir: Path, uri: str) -> dict[str, Any] | None:
 
 
 def preflight(path: Path, mpp_override: float | None, mpp_range: tuple[float, float], max_dimension_px: int) -> tuple[SlideInfo | None, SlideError | None]:
-    """Open, check MPP, decode a small patch of every level and one tile through the read path.
+    """Open, check MPP, decode a small patch of every level, compare the read path with an independent
+    decoder (`decode_check`), and read one tile through the read path.
 
     Returns the slide's info (None when it does not open) and the first error (None when usable).
     """
@@ -80,7 +83,8 @@ def preflight(path: Path, mpp_override: float | None, mpp_range: tuple[float, fl
             mpp = info.mpp
             for level, (w, h) in enumerate(info.level_dims):
                 side = min(16, w, h)
-                handle.read_level_openslide(level, (w - side) // 2, (h - side) // 2, side, side)
+                handle.read_level(level, (w - side) // 2, (h - side) // 2, side, side)
+            check_decode(handle)
             x_l0 = max(0, info.width // 2 - PREFLIGHT_TILE_PX // 2)
             y_l0 = max(0, info.height // 2 - PREFLIGHT_TILE_PX // 2)
             read_request(handle, plan_read(info, x_l0, y_l0, mpp, PREFLIGHT_TILE_PX))
@@ -152,7 +156,7 @@ def ingest_file(
     path, sha = (Path(prev["path"]), prev["slide_id"]) if reuse else fetch(source)
     mpp = lookup(overrides, sha, source.file_name).get("mpp")
     override = float(mpp) if mpp else None
-    if reuse and all(prev[k] == v for k, v in _probe_settings(override, options).items()):
+    if reuse and all(prev.get(k) == v for k, v in _probe_settings(override, options).items()):
         return prev
     info, err = preflight(path, override, options.mpp_range, options.max_dimension_px)
     if err is not None:
@@ -162,7 +166,8 @@ def ingest_file(
 
 def _probe_settings(override: float | None, options: IngestOptions) -> dict[str, Any]:
     """The settings a pre-flight result depends on, as stored in the record (JSON types)."""
-    return {"mpp_override": override, "mpp_range": [float(x) for x in options.mpp_range], "max_dimension_px": int(options.max_dimension_px)}
+    return {"mpp_override": override, "mpp_range": [float(x) for x in options.mpp_range], "max_dimension_px": int(options.max_dimension_px),
+            "preflight": PREFLIGHT_VERSION}
 
 
 def _store(out_dir, source, sha, path, nbytes, info, err, override, options, prev) -> dict[str, Any]:

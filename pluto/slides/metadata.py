@@ -1,8 +1,8 @@
-"""Slide metadata in one shape: `SlideInfo`, built from OpenSlide properties with the MPP source recorded.
+"""Slide metadata in one shape: `SlideInfo`, built from a reader's header with the MPP source recorded.
 
 MPP comes from, in order: an explicit override (a per-slide table the user supplies), the vendor
-header (`openslide.mpp-x/y`), or the TIFF resolution tags when their unit is a physical one
-(centimetre or inch). It is never inferred from objective power. Missing MPP raises
+header (`openslide.mpp-x/y`, or OME `PhysicalSizeX/Y` for OME-TIFF), or the TIFF resolution tags
+when their unit is a physical one (centimetre or inch). It is never inferred from objective power. Missing MPP raises
 `SlideError(no_mpp)`; an MPP outside the sane range raises `bad_mpp`.
 """
 
@@ -114,7 +114,25 @@ def info_from_openslide(
 ) -> SlideInfo:
     """Build and check a SlideInfo from an open OpenSlide object (see module doc for MPP rules)."""
     props = osr.properties
-    level_dims = tuple((int(w), int(h)) for w, h in osr.level_dimensions)
+    return checked_info(
+        path, str(props.get("openslide.vendor", "unknown")), tuple((int(w), int(h)) for w, h in osr.level_dimensions),
+        mpp_from_properties(props), float_or_none(props.get("openslide.objective-power")), mpp_override,
+        mpp_range=mpp_range, max_dimension_px=max_dimension_px,
+    )
+
+
+def checked_info(
+    path: str | Path,
+    vendor: str,
+    level_dims: tuple[tuple[int, int], ...],
+    header_mpp: tuple[float | None, float | None],
+    objective: float | None,
+    mpp_override: float | None = None,
+    *,
+    mpp_range: tuple[float, float] = MPP_RANGE,
+    max_dimension_px: int = MAX_DIMENSION_PX,
+) -> SlideInfo:
+    """A SlideInfo from any reader's geometry and header MPP, with the override, size and MPP-range rules."""
     w0, h0 = level_dims[0]
     if max(w0, h0) > max_dimension_px:
         raise SlideError(path, QuarantineReason.too_large, f"{w0}x{h0} px exceeds {max_dimension_px} px")
@@ -124,15 +142,17 @@ def info_from_openslide(
         mx = my = float(mpp_override)
         source = "override"
     else:
-        mx, my = mpp_from_properties(props)
-        source = "header" if mx is not None else "missing"
-    if mx is not None and my is not None:
+        mx, my = header_mpp
+        source = "header" if mx is not None and my is not None else "missing"
+    if source != "missing":
         lo, hi = mpp_range
         if not (lo <= mx <= hi and lo <= my <= hi):
             raise SlideError(path, QuarantineReason.bad_mpp, f"mpp {mx:g}x{my:g} ({source}) outside [{lo:g}, {hi:g}] um/px")
+    else:
+        mx = my = None
     return SlideInfo(
         path=str(path),
-        vendor=str(props.get("openslide.vendor", "unknown")),
+        vendor=vendor,
         width=w0,
         height=h0,
         level_dims=level_dims,
@@ -140,14 +160,12 @@ def info_from_openslide(
         mpp_x=mx,
         mpp_y=my,
         mpp_source=source,
-        objective=float_or_none(props.get("openslide.objective-power")),
+        objective=objective,
     )
 
 
-def open_openslide(path: str | Path) -> Any:
-    """Open with OpenSlide, mapping every failure to a SlideError with its quarantine reason."""
-    import openslide
-
+def check_file(path: str | Path) -> None:
+    """Raise SlideError when `path` is not a regular file, is empty, or is a TIFF cut short."""
     path = str(path)
     if not os.path.isfile(path):
         raise SlideError(path, QuarantineReason.not_a_slide, "not a regular file")
@@ -156,6 +174,13 @@ def open_openslide(path: str | Path) -> Any:
     truncated = tiff_truncation(path)
     if truncated:
         raise SlideError(path, QuarantineReason.truncated, truncated)
+
+
+def open_openslide(path: str | Path) -> Any:
+    """Open with OpenSlide (after `check_file`), mapping every failure to a SlideError with its quarantine reason."""
+    import openslide
+
+    path = str(path)
     if openslide.OpenSlide.detect_format(path) is None:
         raise SlideError(path, QuarantineReason.not_a_slide, "no slide reader recognises the format")
     try:
@@ -219,16 +244,15 @@ def slide_info(
     max_dimension_px: int = MAX_DIMENSION_PX,
     require_mpp: bool = True,
 ) -> SlideInfo:
-    """Open the slide, read its metadata, close it. Raises SlideError with a QuarantineReason.
+    """Open the slide (with whichever reader serves it), read its metadata, close it. Raises SlideError.
 
     With `require_mpp=False` a slide without MPP is returned with `mpp_source="missing"` (the
     catalog records it); by default it raises SlideError(no_mpp).
     """
-    osr = open_openslide(path)
-    try:
-        info = info_from_openslide(path, osr, mpp_override, mpp_range=mpp_range, max_dimension_px=max_dimension_px)
-    finally:
-        osr.close()
+    from pluto.slides.handles import open_slide
+
+    with open_slide(path, mpp_override, mpp_range=mpp_range, max_dimension_px=max_dimension_px) as handle:
+        info = handle.info
     if require_mpp and info.mpp_source == "missing":
         raise SlideError(path, QuarantineReason.no_mpp, "no MPP in header or TIFF resolution tags and no override")
     return info
