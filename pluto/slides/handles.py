@@ -83,6 +83,11 @@ class SlideHandle:
         return self._read_openslide(level, x_lv, y_lv, w, h)
 
     @property
+    def series_uid(self) -> str:
+        """DICOM SeriesInstanceUID ("" for other formats): the files of one series are one slide."""
+        return "" if self._osr is None else str(self._osr.properties.get("dicom.SeriesInstanceUID", ""))
+
+    @property
     def tiles(self) -> TiffTiles | None:
         """The direct tile reader (None when OpenSlide decodes every read)."""
         return self._tiles

@@ -1,7 +1,8 @@
 """Ingest a folder or `s3://` prefix of slides into `catalog.parquet`.
 
-Every file gets a row: content id (sha256 of its bytes), geometry, MPP and its source, metadata
-joined from an optional csv, and status `ok` or `quarantined: <reason>`. A pre-flight check
+Every file gets a row (the files of a DICOM series share one): content id (sha256 of its bytes),
+geometry, MPP and its source, metadata joined from an optional csv, and status `ok` or
+`quarantined: <reason>`. A pre-flight check
 (opens, every level decodes, MPP sane, a tile decodes through the read path) runs before a slide
 is accepted; a bad file is quarantined and the batch goes on. Re-ingesting unchanged files
 leaves their rows untouched, `ingested_at` included. Label and macro images are never read.
@@ -13,6 +14,7 @@ batch of the listing), merge the records into the catalog (`write_catalog`, one 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from datetime import datetime, timezone
@@ -98,13 +100,14 @@ def write_catalog(out_dir: Path, listings: list[Path], *, metadata_csv: Path | N
     `out_dir/catalog.parquet`, joining the metadata csv; one atomic write."""
     out_dir = Path(out_dir)
     metadata = read_keyed_csv(metadata_csv, METADATA_FIELDS)
-    rows = []
+    records = []
     for listing in listings:
         for source in load_sources(listing):
             rec = read_record(out_dir, source.uri)
             if rec is None or rec["fingerprint"] != source.fingerprint:
                 raise PlutoError(f"{source.uri}: no ingest record for the listed file; its ingest task did not finish")
-            rows.append(_row(rec, lookup(metadata, rec["slide_id"], rec["file_name"]), default_stain))
+            records.append(rec)
+    rows = [_row(rec, lookup(metadata, rec["slide_id"], rec["file_name"]), default_stain) for rec in one_per_series(records)]
     catalog = _merge(out_dir / "catalog.parquet", rows)
     n_ok = int((catalog["status"] == "ok").sum())
     log.info("ingest: %d files, %d ok, %d quarantined -> %s", len(rows), n_ok, len(catalog) - n_ok, out_dir / "catalog.parquet")
@@ -129,6 +132,33 @@ def _merge(catalog_path: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = df.reset_index(drop=True).astype({"width": "int64", "height": "int64", "levels": "int64", "bytes": "int64", "stain_assumed": "bool", "mpp_x": "float64", "mpp_y": "float64", "objective": "float64"})
     write_with(catalog_path, lambda p: df.to_parquet(p, index=False))
     return df
+
+
+def one_per_series(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records with each DICOM series (its files are the instances of one slide) as one record.
+
+    The series record is its first file by URI (OpenSlide opens the whole series from any of them),
+    with the summed bytes, a slide id hashed from the members' ids (a single-file series keeps its
+    file's id), and the first member's quarantine reason when any member has one.
+    """
+    out, series = [], {}
+    for rec in records:
+        if rec.get("series"):
+            series.setdefault(rec["series"], []).append(rec)
+        else:
+            out.append(rec)
+    for members in series.values():
+        members.sort(key=lambda r: r["uri"])
+        bad = next((m for m in members if m["reason"]), None)
+        ids = sorted(m["slide_id"] for m in members)
+        out.append({
+            **members[0],
+            "slide_id": ids[0] if len(ids) == 1 else hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+            "bytes": sum(m["bytes"] for m in members),
+            "reason": bad["reason"] if bad else "",
+            "detail": f"{bad['file_name']}: {bad['detail']}" if bad else "",
+        })
+    return out
 
 
 def _same(a: Any, b: Any) -> bool:

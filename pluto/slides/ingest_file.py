@@ -2,7 +2,7 @@
 
 The record (`<out_dir>/ingest/records/<kk>/<key>.json`, key = sha256 of the URI, written
 atomically) holds the slide id (sha256 of the bytes), the local path, the slide's geometry or its
-quarantine reason, the file's listing fingerprint and the pre-flight settings. It is the unit of
+quarantine reason, its DICOM series (if any), the file's listing fingerprint and the pre-flight settings. It is the unit of
 work of the fan-out (a Dask worker writes the records of its batch) and of resumption: a file
 whose fingerprint and settings match its record is neither downloaded nor read again, so a run
 that died part-way (S3 outage, killed worker) resumes where it stopped. The catalog is merged
@@ -67,18 +67,21 @@ def read_record(out_dir: Path, uri: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def preflight(path: Path, mpp_override: float | None, mpp_range: tuple[float, float], max_dimension_px: int) -> tuple[SlideInfo | None, SlideError | None]:
+def preflight(
+    path: Path, mpp_override: float | None, mpp_range: tuple[float, float], max_dimension_px: int
+) -> tuple[SlideInfo | None, SlideError | None, str]:
     """Open, check MPP, decode a small patch of every level, compare the read path with an independent
     decoder (`decode_check`), and read one tile through the read path.
 
-    Returns the slide's info (None when it does not open) and the first error (None when usable).
+    Returns the slide's info (None when it does not open), the first error (None when usable) and
+    the DICOM series the file belongs to ("" for other formats).
     """
     try:
         handle = open_slide(path, mpp_override, mpp_range=mpp_range, max_dimension_px=max_dimension_px)
     except SlideError as exc:
-        return None, exc
+        return None, exc, ""
     with handle:
-        info = handle.info
+        info, series = handle.info, handle.series_uid
         try:
             mpp = info.mpp
             for level, (w, h) in enumerate(info.level_dims):
@@ -89,8 +92,8 @@ def preflight(path: Path, mpp_override: float | None, mpp_range: tuple[float, fl
             y_l0 = max(0, info.height // 2 - PREFLIGHT_TILE_PX // 2)
             read_request(handle, plan_read(info, x_l0, y_l0, mpp, PREFLIGHT_TILE_PX))
         except SlideError as exc:
-            return info, exc
-    return info, None
+            return info, exc, series
+    return info, None, series
 
 
 class _Fetcher:
@@ -158,10 +161,10 @@ def ingest_file(
     override = float(mpp) if mpp else None
     if reuse and all(prev.get(k) == v for k, v in _probe_settings(override, options).items()):
         return prev
-    info, err = preflight(path, override, options.mpp_range, options.max_dimension_px)
+    info, err, series = preflight(path, override, options.mpp_range, options.max_dimension_px)
     if err is not None:
         log.debug("%s quarantined: %s", source.uri, err)
-    return _store(out_dir, source, sha, path, path.stat().st_size, info, err, override, options, prev)
+    return _store(out_dir, source, sha, path, path.stat().st_size, info, err, override, options, prev, series)
 
 
 def _probe_settings(override: float | None, options: IngestOptions) -> dict[str, Any]:
@@ -170,7 +173,7 @@ def _probe_settings(override: float | None, options: IngestOptions) -> dict[str,
             "preflight": PREFLIGHT_VERSION}
 
 
-def _store(out_dir, source, sha, path, nbytes, info, err, override, options, prev) -> dict[str, Any]:
+def _store(out_dir, source, sha, path, nbytes, info, err, override, options, prev, series="") -> dict[str, Any]:
     record = {
         "uri": source.uri,
         "file_name": source.file_name,
@@ -181,6 +184,7 @@ def _store(out_dir, source, sha, path, nbytes, info, err, override, options, pre
         "info": info.to_dict() if info else None,
         "reason": err.reason.value if err else "",
         "detail": err.detail if err else "",
+        "series": series,
         **_probe_settings(override, options),
     }
     if record != prev:

@@ -48,7 +48,7 @@ def test_format_reads_true_pixels(format_slides, name: str) -> None:
     else:
         mean, peak, _ = found
         assert mean <= MAX_MEAN_ABS_DIFF and peak <= MAX_ABS_DIFF
-    info, err = preflight(case.path, None, (0.05, 50.0), 1_000_000)
+    info, err, _ = preflight(case.path, None, (0.05, 50.0), 1_000_000)
     assert err is None and info is not None
 
 
@@ -89,7 +89,7 @@ def test_direct_decode_that_disagrees_is_quarantined(tmp_path: Path, format_slid
         assert h.reader == "openslide+direct"
         mean, peak, name = decode_difference(h)
     assert name == "OpenSlide" and mean > 50 and peak > 100
-    info, err = preflight(path, None, (0.05, 50.0), 1_000_000)
+    info, err, _ = preflight(path, None, (0.05, 50.0), 1_000_000)
     assert info is not None and err.reason is QuarantineReason.decode_mismatch
     assert "differs from OpenSlide" in err.detail
 
@@ -104,7 +104,7 @@ def test_unproven_colour_space_without_openslide_is_refused(tmp_path: Path, form
     ycbcr = cv2.cvtColor(truth, cv2.COLOR_RGB2YCrCb)[..., [0, 2, 1]]
     tifffile.imwrite(path, ycbcr, photometric="ycbcr", subsampling=(1, 1), compression="lzw", rowsperstrip=16,
                      resolution=(2e4, 2e4), resolutionunit="CENTIMETER", metadata=None)
-    info, err = preflight(path, None, (0.05, 50.0), 1_000_000)
+    info, err, _ = preflight(path, None, (0.05, 50.0), 1_000_000)
     assert info is None and err.reason is QuarantineReason.unreadable
     assert "LZW/YCBCR" in err.detail and "no decoder proven" in err.detail
 
@@ -123,3 +123,27 @@ def test_ingest_of_the_format_matrix(tmp_path: Path, format_slides) -> None:
     assert (cat["status"] == "ok").all(), cat.loc[cat["status"] != "ok", ["status", "detail"]].to_dict("index")
     assert cat.loc["subifd.ome.tiff", ["levels", "mpp_x", "mpp_source"]].tolist() == [2, 0.5, "header"]
     assert cat.loc["stripped.tiff", "vendor"] == "tiff" and cat.loc["aperio_j2k_ycbcr.svs", "vendor"] == "aperio"
+
+
+def test_dicom_series_is_one_catalog_row(tmp_path: Path, openslide_fixtures: Path, cmu_svs: Path) -> None:
+    """The two instances of the bundled DICOM series are one slide (OpenSlide reads it from either)."""
+    import hashlib
+    import shutil
+
+    from pluto.slides import ingest
+
+    src = tmp_path / "cohort"
+    (src / "series").mkdir(parents=True)
+    for name in ("boxes_0.dcm", "boxes_1.dcm"):
+        shutil.copy(openslide_fixtures / name, src / "series" / name)
+    shutil.copy(cmu_svs, src / cmu_svs.name)
+    cat = ingest(str(src), tmp_path / "work").set_index("file_name")
+    assert sorted(cat.index) == ["CMU-1-Small-Region.svs", "boxes_0.dcm"]
+    dicom = cat.loc["boxes_0.dcm"]
+    files = [src / "series" / n for n in ("boxes_0.dcm", "boxes_1.dcm")]
+    ids = sorted(hashlib.sha256(f.read_bytes()).hexdigest() for f in files)
+    assert (dicom.status, dicom.vendor, dicom.width, dicom.mpp_x) == ("ok", "dicom", 16, 0.499)
+    assert dicom.bytes == sum(f.stat().st_size for f in files)
+    assert dicom.slide_id == hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    with open_slide(dicom.path) as h:
+        assert h.reader == "openslide" and h.series_uid
