@@ -18,6 +18,7 @@ import numpy as np
 
 from pluto.errors import QuarantineReason, SlideError
 from pluto.slides.metadata import MAX_DIMENSION_PX, MPP_RANGE, SlideInfo, check_file, info_from_openslide, open_openslide
+from pluto.slides.tiff_reader import is_ome_tiff, open_tiff
 from pluto.slides.tiff_tiles import BACKGROUND, TiffTiles
 
 
@@ -38,22 +39,18 @@ class SlideHandle:
         mpp_range: tuple[float, float] = MPP_RANGE,
         max_dimension_px: int = MAX_DIMENSION_PX,
     ) -> None:
-        from pluto.slides.tiff_reader import is_ome_tiff, open_tiff
-
         self.path = str(path)
         self._osr: Any = None
         self._tiles: TiffTiles | None = None
         limits = {"mpp_range": mpp_range, "max_dimension_px": max_dimension_px}
         check_file(self.path)
-        if is_ome_tiff(self.path):
-            self.info, self._tiles = open_tiff(self.path, mpp_override, **limits)
-            self.reader = "tifffile"
-            return
-        try:
-            self._osr = open_openslide(self.path)
-        except SlideError as exc:
-            if exc.reason not in (QuarantineReason.not_a_slide, QuarantineReason.unreadable) or not _is_tiff(self.path):
-                raise
+        if not is_ome_tiff(self.path):
+            try:
+                self._osr = open_openslide(self.path)
+            except SlideError as exc:
+                if exc.reason not in (QuarantineReason.not_a_slide, QuarantineReason.unreadable) or not _is_tiff(self.path):
+                    raise
+        if self._osr is None:  # OME-TIFF, or a TIFF OpenSlide cannot open
             self.info, self._tiles = open_tiff(self.path, mpp_override, **limits)
             self.reader = "tifffile"
             return

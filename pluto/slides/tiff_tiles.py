@@ -222,14 +222,14 @@ def _reference_decoder(page: Any) -> Callable[[bytes, int], np.ndarray]:
         kwargs = {"jpegtables": page.jpegtables, "subsampling": subsampling, "compressionargs": {"outcolorspace": photometric}}
     if int(page.predictor) != 1:
         kwargs["predictor"] = int(page.predictor)
-    tiled, width, height, rows = page.is_tiled, page.imagewidth, page.imagelength, page.rowsperstrip
+    tiled, width, height, rows, samples = page.is_tiled, page.imagewidth, page.imagelength, page.rowsperstrip, page.samplesperpixel
     tile_w, tile_h = (page.tilewidth, page.tilelength) if tiled else (width, 0)
 
     def decode(data: bytes, index: int) -> np.ndarray:
         h = tile_h or min(rows, height - index * rows)
         buf = io.BytesIO()
         with tifffile.TiffWriter(buf) as tif:
-            tif.write(iter([data]), shape=(h, tile_w, page.samplesperpixel), dtype=np.uint8, photometric=photometric,
+            tif.write(iter([data]), shape=(h, tile_w, samples), dtype=np.uint8, photometric=photometric,
                       compression=compression, metadata=None, **({"tile": (h, tile_w)} if tiled else {"rowsperstrip": h}), **kwargs)
         return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
