@@ -310,7 +310,8 @@ def rollback_cmd(
 
 
 def _champion_data(s: Settings, model: str, version: int) -> None:
-    """After the champion moved: the DVC project's data.dvc follows it, and (opt-in) git tags its data's commit."""
+    """After the champion moved: the DVC project's data.dvc follows it, and (opt-in) git tags its data's commit.
+    The promotion stands whatever happens here: a step that cannot be done is a warning that says why."""
     if not (s.chain.dvc_project or s.chain.data_git):
         return
     from pluto.registry.register import get_record
@@ -320,7 +321,7 @@ def _champion_data(s: Settings, model: str, version: int) -> None:
         from pluto.data_version import publish
         from pluto.registry.lineage import run_data_dvc
 
-        with tempfile.TemporaryDirectory() as tmp:  # the champion has moved: a data.dvc that cannot follow is a warning
+        with tempfile.TemporaryDirectory() as tmp:
             dvc_file = run_data_dvc(s.mlflow.tracking_uri, record.run_id, Path(tmp)) if record.run_id else None
             try:
                 if dvc_file is None:
@@ -333,7 +334,10 @@ def _champion_data(s: Settings, model: str, version: int) -> None:
     if s.chain.data_git:  # opt-in: model/<name>/v<N> at the commit of its data
         from pluto.data_git import tag_model_version
 
-        typer.echo(f"git tag {tag_model_version(s.paths.work_dir, model, version, record.data_hash, s.chain.data_git_remote)}")
+        try:
+            typer.echo(f"git tag {tag_model_version(s.paths.work_dir, model, version, record.data_hash, s.chain.data_git_remote)}")
+        except PlutoError as exc:
+            typer.echo(f"warning: {exc}; v{version} is champion without a git tag", err=True)
 
 
 @app.command("register")
