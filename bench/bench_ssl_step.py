@@ -45,6 +45,7 @@ import pluto.models  # noqa: F401  (registers the PLUTO models with timm)
 from bench.common import machine as machine_state
 from bench.common import publish, seconds_per_call
 from pluto.ssl import DinoV2Objective, SSLConfig, param_groups, sample_masks, ssl_preset
+from pluto.train.recipes import RECIPE_ARCHS, recipe_config
 
 REPO = Path(__file__).resolve().parent.parent
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 tensor-core peaks (NVIDIA specs)
@@ -176,7 +177,8 @@ def run(args: argparse.Namespace) -> dict:
     p = args.patch_size or student.patch_size
     sizes = dict(global_crop_px=args.global_px, local_crop_px=args.local_px)
     sizes.update(n_prototypes=args.n_prototypes, ibot_n_prototypes=args.n_prototypes)
-    cfg = dataclasses.replace(ssl_preset(args.preset), patch_sizes=(p,), **{k: v for k, v in sizes.items() if v})
+    base_cfg = recipe_config(args.preset).ssl if args.preset in RECIPE_ARCHS else ssl_preset(args.preset)
+    cfg = dataclasses.replace(base_cfg, patch_sizes=(p,), **{k: v for k, v in sizes.items() if v})
     obj = DinoV2Objective(student, teacher, cfg).to(device).train()
     student.patch_embed.prewarm(device)
     teacher.patch_embed.prewarm(device)
@@ -285,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="CPU run: pluto_tiny, demo preset, batch 4")
     ap.add_argument("--model", default="pluto_4s")
-    ap.add_argument("--preset", default=None, help="SSL preset (default: demo for pluto_tiny, else the model name)")
+    ap.add_argument("--preset", default=None, help="SSL preset or an arch's recipe (default: demo for pluto_tiny, else the model's recipe)")
     ap.add_argument("--patch-size", type=int, default=None)
     ap.add_argument("--batch", type=int, default=32, help="tiles per step (PLUTO-4: 32 per GPU)")
     ap.add_argument("--n-prototypes", type=int, default=None)

@@ -5,6 +5,7 @@ Settings resolve as defaults < --config file < PLUTO_* environment < flags.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -47,9 +48,22 @@ def settings_from(ctx: typer.Context, **overrides) -> Settings:
 
 
 @app.command("config")
-def show_config(ctx: typer.Context) -> None:
-    """Print the resolved settings (defaults < file < env)."""
-    typer.echo(settings_from(ctx).model_dump_json(indent=2))
+def show_config(
+    ctx: typer.Context,
+    recipe: bool = typer.Option(False, "--recipe", help="Show train.arch's resolved recipe: field, value, source (or the explicit override)."),
+) -> None:
+    """Print the resolved settings (defaults < train.arch's recipe < file < env)."""
+    s = settings_from(ctx)
+    if not recipe:
+        typer.echo(s.model_dump_json(indent=2))
+        return
+    from pluto.train.recipes import describe
+
+    rows = [(r["field"], json.dumps(r["value"]), r["source"]) for r in describe(s.train)]
+    width = [max(len(r[i]) for r in rows) for i in range(2)]
+    typer.echo(f"recipe of {s.train.arch}:")
+    for field, value, source in rows:
+        typer.echo(f"{field.ljust(width[0])}  {value.ljust(width[1])}  {source}")
 
 
 @app.command("tile")

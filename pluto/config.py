@@ -31,6 +31,7 @@ from pluto.errors import ConfigError
 from pluto.qc.params import QCParams
 from pluto.eval.eval_config import EvalConfig
 from pluto.train.config import TrainConfig
+from pluto.train.recipes import bind_recipe
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,6 +177,15 @@ class Settings(BaseSettings):
             else:
                 sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bind_recipe(cls, data: Any) -> Any:
+        """`train.arch` selects its cited recipe (pluto.train.recipes): train fields that no file,
+        variable or flag sets come from it, and the ones set over it are listed in recipe_overrides."""
+        if isinstance(data, dict):
+            data = {**data, "train": bind_recipe(data.get("train") or {})}
+        return data
 
     @model_validator(mode="after")
     def _embedded_stores(self) -> "Settings":

@@ -51,7 +51,7 @@ class SSLConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: float = 0.2  # second global crop only
     hed_p: float = 1.0
-    hed_strength: float = 0.05
+    hed_strength: float = 0.05  # Tellez's sigma in skimage.color.rgb2hed units (pluto.ssl.hed)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     # iBOT block masking (DINOv2: half of the global crops masked, ratio in (0.1, 0.5))
@@ -67,6 +67,7 @@ class SSLConfig:
     n_prototypes: int = 65536
     ibot_separate_head: bool = False
     ibot_n_prototypes: int = 65536
+    ibot_head_bottleneck_dim: int | None = None  # separate iBOT head's bottleneck; None: head_bottleneck_dim
     # loss terms: a term is on when its weight is > 0 (Midnight: KDE instead of KoLeo)
     dino_weight: float = 1.0
     ibot_weight: float = 1.0
@@ -134,15 +135,14 @@ class SSLConfig:
 
 
 def ssl_preset(name: str) -> SSLConfig:
-    """Named configs: "demo" (pluto_tiny on 2 CPU cores), "tiny", "pluto_4s", "pluto_4g".
+    """Named small configs for CPU runs: "demo" (pluto_tiny's recipe, 2 CPU cores) and "tiny".
 
     demo: 112/48 px crops and 1024 prototypes (issue 4: <= 4k prototypes keeps a step ~0.4 s).
     tiny: the smallest setting that still runs every term: 48/32 px crops, 2 local crops, 256
     prototypes, KDE instead of KoLeo (KoLeo needs a larger per-GPU batch); a pluto_tiny step costs
     ~1 s on one contended CPU core (multi-process and fault tests).
-    pluto_4s: FlexiViT patch sizes 8/16/32 sampled per step (PLUTO-4 §3.1).
-    pluto_4g: patch 14, so local crops are 98 px as DINOv2's ViT-g/14 (and Midnight, "98 and 224");
-    separate iBOT head and 131072 prototypes as DINOv2's vitg14 config.
+    PLUTO-4S and PLUTO-4G are bound to their architectures with every value cited:
+    `pluto.train.recipes.recipe_config("pluto_4s").ssl`.
     """
     presets = {
         "demo": dict(
@@ -154,12 +154,8 @@ def ssl_preset(name: str) -> SSLConfig:
             n_prototypes=256, ibot_n_prototypes=256, patch_sizes=(16,), momentum_teacher=0.99, koleo_weight=0.0,
             kde_weight=0.05, warmup_frac=0.25,
         ),
-        "pluto_4s": dict(patch_sizes=(8, 16, 32)),
-        "pluto_4g": dict(
-            local_crop_px=98, patch_sizes=(14,), n_prototypes=131072, ibot_n_prototypes=131072,
-            ibot_separate_head=True, base_lr=2e-4,
-        ),
     }
     if name not in presets:
-        raise ConfigError(f"unknown SSL preset {name!r}; choose one of {sorted(presets)}")
+        hint = "; architectures have recipes: pluto.train.recipes.recipe_config(arch)" if name.startswith("pluto_") else ""
+        raise ConfigError(f"unknown SSL preset {name!r}; choose one of {sorted(presets)}{hint}")
     return SSLConfig(**presets[name])

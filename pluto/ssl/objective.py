@@ -31,7 +31,7 @@ def _heads(embed_dim: int, cfg: SSLConfig) -> dict[str, nn.Module]:
     dims = dict(hidden_dim=cfg.head_hidden_dim, bottleneck_dim=cfg.head_bottleneck_dim, n_layers=cfg.head_n_layers)
     heads: dict[str, nn.Module] = {"dino_head": DINOHead(embed_dim, cfg.n_prototypes, **dims)}
     if cfg.ibot_separate_head:
-        heads["ibot_head"] = DINOHead(embed_dim, cfg.ibot_n_prototypes, **dims)
+        heads["ibot_head"] = DINOHead(embed_dim, cfg.ibot_n_prototypes, **{**dims, "bottleneck_dim": cfg.ibot_head_bottleneck_dim or cfg.head_bottleneck_dim})
     return heads
 
 

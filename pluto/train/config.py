@@ -1,5 +1,9 @@
 """TrainConfig: everything the distributed trainer needs, as one plain frozen dataclass.
 
+Each architecture's values (batch, crops, heads, schedules, drop path) come from its cited recipe
+in `pluto.train.recipes`, which `pluto.config.Settings` applies under any explicit setting; this
+class's own defaults are only what a bare `TrainConfig()` gets.
+
 The objective, augmentations and schedules (lr, weight decay, teacher temperature and momentum,
 clipping, and the lr scaling rule) live in `SSLConfig` (pluto.ssl), nested here as `ssl`; this
 class adds what is about running them at scale. `pluto.config.Settings.train` is typed as this
@@ -68,6 +72,12 @@ class TrainConfig:
 
     arch: str = "pluto_tiny"
     ssl: SSLConfig = field(default_factory=SSLConfig)
+    # stochastic depth of the student (the teacher has none, as dinov2's build_model): every block at
+    # drop_path_rate when uniform (dinov2's configs), else linear in depth (timm)
+    drop_path_rate: float = 0.0
+    drop_path_uniform: bool = True
+    # fields (dotted, e.g. "ssl.base_lr") set over the arch's recipe (pluto.train.recipes); Settings fills it
+    recipe_overrides: tuple[str, ...] = ()
     # data: a tile manifest directory/parquet (tiling) or a folder of image files (tests, demo)
     data: str = "work/tiles"
     data_kind: str = "manifest"
@@ -105,6 +115,7 @@ class TrainConfig:
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "recipe_overrides", tuple(self.recipe_overrides))
         if isinstance(self.ssl, dict):
             object.__setattr__(self, "ssl", SSLConfig.from_dict(self.ssl))
         if isinstance(self.cluster, dict):

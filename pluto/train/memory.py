@@ -112,10 +112,13 @@ def activation_bytes_per_token_layer(shape: ArchShape, precision: str) -> float:
 
 def head_params(ssl: SSLConfig, embed_dim: int) -> int:
     """Parameters of the DINO head (+ the iBOT head when separate): MLP, bottleneck, prototypes."""
-    h, b = ssl.head_hidden_dim, ssl.head_bottleneck_dim
-    mlp = embed_dim * h + h * h * max(ssl.head_n_layers - 2, 0) + h * b + h * (ssl.head_n_layers - 1) + b
-    dino = mlp + b * ssl.n_prototypes
-    return dino + (mlp + b * ssl.ibot_n_prototypes if ssl.ibot_separate_head else 0)
+    h = ssl.head_hidden_dim
+
+    def head(b: int, n_prototypes: int) -> int:
+        return embed_dim * h + h * h * max(ssl.head_n_layers - 2, 0) + h * b + h * (ssl.head_n_layers - 1) + b + b * n_prototypes
+
+    dino = head(ssl.head_bottleneck_dim, ssl.n_prototypes)
+    return dino + (head(ssl.ibot_head_bottleneck_dim or ssl.head_bottleneck_dim, ssl.ibot_n_prototypes) if ssl.ibot_separate_head else 0)
 
 
 def estimate_memory(

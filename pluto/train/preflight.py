@@ -1,7 +1,9 @@
 """Guard rails before launch: refuse settings known to fail, and estimate per-GPU memory.
 
 Run by the launcher before a cluster job is submitted (so it does not die after queueing) and
-again by every rank at start-up against the real device. All problems are reported together.
+again by every rank at start-up against the real device, before any model is built (settings the
+architecture cannot run, such as a patch size it lacks, are read off `pluto.models.variants`).
+All problems are reported together, each naming its setting.
 """
 
 from __future__ import annotations
@@ -42,6 +44,26 @@ def peak_tflops_for(device_name: str) -> float | None:
     return None
 
 
+def _model_problems(cfg: TrainConfig) -> list[str]:
+    """Settings the architecture cannot run, found from its registered facts without building it."""
+    from pluto.models.variants import ARCH_PATCH_SIZES
+
+    if cfg.arch not in ARCH_PATCH_SIZES:
+        return [f"arch={cfg.arch!r} is not a PLUTO architecture; choose one of {tuple(ARCH_PATCH_SIZES)}"]
+    problems = []
+    lacking = [p for p in cfg.ssl.patch_sizes if p not in ARCH_PATCH_SIZES[cfg.arch]]
+    if lacking:
+        problems.append(
+            f"ssl.patch_sizes={cfg.ssl.patch_sizes}: {cfg.arch} has no patch size {', '.join(map(str, lacking))} "
+            f"(its patch sizes: {ARCH_PATCH_SIZES[cfg.arch]})"
+        )
+    if not 0 <= cfg.drop_path_rate < 1:
+        problems.append(f"drop_path_rate={cfg.drop_path_rate} must be in [0, 1)")
+    if not 0 < cfg.ssl.layer_decay <= 1:
+        problems.append(f"ssl.layer_decay={cfg.ssl.layer_decay} must be in (0, 1] (1.0: no decay, as dinov2's vitg14.yaml)")
+    return problems
+
+
 def check_config(cfg: TrainConfig, world_size: int, gpu_memory_bytes: float | None = None) -> Preflight:
     """Raise ConfigError listing every setting that cannot work; else return the plan.
 
@@ -75,6 +97,7 @@ def check_config(cfg: TrainConfig, world_size: int, gpu_memory_bytes: float | No
         )
     if cfg.knn_every and not cfg.knn_data:
         problems.append("knn_every > 0 needs knn_data (a folder with labels.csv)")
+    problems += _model_problems(cfg)
     memory = None
     if gpu_memory_bytes is not None and not problems:
         memory = estimate_memory(

@@ -98,14 +98,14 @@ def _device(info: DistInfo) -> torch.device:
 
 
 def build_objective(cfg: TrainConfig, device: torch.device) -> nn.Module:
-    """Student and teacher `cfg.arch` backbones inside the SSL objective, on `device`."""
+    """Student (with the recipe's stochastic depth) and teacher `cfg.arch` backbones inside the SSL objective, on `device`."""
     import timm
 
     import pluto.models  # noqa: F401 - registers the pluto_* architectures
     from pluto.ssl import DinoV2Objective
 
-    student = timm.create_model(cfg.arch, pretrained=False)
-    teacher = timm.create_model(cfg.arch, pretrained=False)
+    student = timm.create_model(cfg.arch, pretrained=False, drop_path_rate=cfg.drop_path_rate, drop_path_uniform=cfg.drop_path_uniform)
+    teacher = timm.create_model(cfg.arch, pretrained=False)  # no stochastic depth, as dinov2's build_model
     if cfg.activation_checkpointing:
         student.set_grad_checkpointing(True)
     obj = DinoV2Objective(student, teacher, cfg.ssl).to(device)
@@ -140,12 +140,13 @@ def restore_state(obj: nn.Module, optimizer: torch.optim.Optimizer, state: dict[
 def warm_start(obj: nn.Module, model_dir: str | Path, arch: str) -> None:
     """Load a saved pluto model's weights (safetensors, hash-checked) into the student and the teacher
     backbone; the DINO/iBOT heads keep their fresh initialisation. Another arch is refused."""
-    from pluto.models import load_model, read_config
+    from pluto.models import checkpoint_filter_fn, load_model, read_config
 
     saved = read_config(model_dir)["arch"]
     if saved != arch:
         raise CheckpointError(f"{model_dir}: init_from holds a {saved} model, this run trains {arch}; refusing to warm-start")
-    weights = load_model(model_dir).state_dict()
+    # the filter PI-resizes a patch kernel saved at another base size (models from before the 32 x 32 FlexiViT kernel)
+    weights = checkpoint_filter_fn(load_model(model_dir).state_dict(), obj.student["backbone"])
     for tower in (obj.student, obj.teacher):
         try:
             tower["backbone"].load_state_dict(weights)
@@ -290,7 +291,8 @@ def train(
                           parent_run_id=cfg.parent_run_id, run_id_path=run_dir / "mlflow_run_id")
         tracker.log_params({"world_size": info.world_size, "accumulation_steps": accum, "bucket_cap_mb": cfg.resolved_bucket_cap_mb,
                             **{k: v for k, v in cfg.to_dict().items() if k != "ssl"},
-                            **{f"ssl.{k}": v for k, v in cfg.ssl.to_dict().items()}})
+                            **{f"ssl.{k}": v for k, v in cfg.ssl.to_dict().items()},
+                            "recipe_overrides": ",".join(cfg.recipe_overrides) or "none"})  # settings set over the arch's recipe
 
     shape = arch_shape(cfg.arch)
     peak = cfg.peak_tflops or (peak_tflops_for(torch.cuda.get_device_name(device)) if device.type == "cuda" else None)

@@ -26,14 +26,13 @@ import pytest
 import yaml
 from jsonschema.exceptions import ValidationError
 
-from pluto.ssl.config import ssl_preset
 from pluto.train.config import ClusterSpec, TrainConfig
+from pluto.train.recipes import recipe_config
 from pluto.train.launch import DEPLOY_DIR, render_pytorchjob
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = Path(__file__).parent / "data" / "kubeflow.org_pytorchjobs.yaml"
-G = TrainConfig(arch="pluto_4g", ssl=ssl_preset("pluto_4g"), batch_per_gpu=32, global_batch=1024,
-                activation_checkpointing=True, run_dir="/shared/runs/g1",
+G = recipe_config("pluto_4g", activation_checkpointing=True, run_dir="/shared/runs/g1",
                 cluster=ClusterSpec(job_name="pluto-4g-run1", s3_secret="pluto-s3"))
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # apimachinery NameIsDNS1035Label, max 63
 

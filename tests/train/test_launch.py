@@ -13,12 +13,11 @@ import pytest
 import yaml
 
 from pluto.errors import ConfigError
-from pluto.ssl.config import ssl_preset
-from pluto.train.config import ClusterSpec, TrainConfig
+from pluto.train.config import ClusterSpec
+from pluto.train.recipes import recipe_config
 from pluto.train.launch import KubeflowLauncher, SlurmLauncher, launch, render_pytorchjob, render_sbatch
 
-G = TrainConfig(arch="pluto_4g", ssl=ssl_preset("pluto_4g"), batch_per_gpu=32, global_batch=1024,
-                activation_checkpointing=True, run_dir="/shared/runs/g1",
+G = recipe_config("pluto_4g", activation_checkpointing=True, run_dir="/shared/runs/g1",
                 cluster=ClusterSpec(job_name="pluto-4g-run1", s3_secret="pluto-s3"))
 
 
