@@ -87,3 +87,13 @@ def test_regularisers_prefer_spread_embeddings():
     clumped = torch.randn(1, 16) + 0.05 * torch.randn(32, 16)
     assert koleo_loss(spread) < koleo_loss(clumped)
     assert kde_loss(spread) < kde_loss(clumped)
+
+
+def test_kde_equals_wang_and_isolas_uniformity_code():
+    """Midnight's KDE regulariser cites Wang & Isola 2020: their published one-liner over all pairs i < j."""
+    torch.manual_seed(0)
+    x = torch.randn(24, 16)
+    xn = torch.nn.functional.normalize(x, dim=-1)
+    for t in (2.0, 2.5):
+        reference = torch.pdist(xn, p=2).pow(2).mul(-t).exp().mean().log()
+        assert kde_loss(x, t).item() == pytest.approx(reference.item(), rel=1e-5)
