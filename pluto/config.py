@@ -116,9 +116,9 @@ class ChainSettings(_Section):
     # unset = file stores under <work_dir>/stores, so data versions and checkpoints outlive any server
     dvc_remote: str | None = None
     checkpoint_store: str | None = None
-    # the DVC project whose top-level data.dvc names the champion's data; unset = the repository root pluto
-    # runs from (when it has .dvc/config); a promotion points it at the new champion's data and pulls the
-    # tables into <project>/data (tests point it at a scratch repository)
+    # the DVC project whose top-level data.dvc names the champion's data; unset = the repository root when the
+    # work dir lies in it (a checkout's work/), else none; a promotion points it at the new champion's data and
+    # pulls the tables into <project>/data (tests point it at a scratch repository)
     dvc_project: Path | None = None
     # opt-in: commit data.dvc in git, tag data/<md5[:8]> and model/<name>/v<N> on promotion (pluto.data_git),
     # pushing the tags to data_git_remote when set (a URL or path git can push to)
@@ -190,11 +190,12 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _embedded_stores(self) -> "Settings":
         """Unset stores become file:// folders under the work dir (the embedded defaults); an unset DVC
-        project is the repository root, when pluto runs from a checkout."""
+        project is the repository root when the work dir lies in it (the default `work/` of a checkout,
+        whose store the committed `.dvc/config` names): a work dir elsewhere never touches the checkout."""
         stores = self.paths.work_dir.resolve() / "stores"
         folders = {"dvc_remote": "dvc", "checkpoint_store": "checkpoints"}
         filled = {k: (stores / d).as_uri() for k, d in folders.items() if getattr(self.chain, k) is None}
-        if self.chain.dvc_project is None and (REPO_ROOT / ".dvc" / "config").is_file():
+        if self.chain.dvc_project is None and stores.is_relative_to(REPO_ROOT) and (REPO_ROOT / ".dvc" / "config").is_file():
             filled["dvc_project"] = REPO_ROOT
         if filled:
             object.__setattr__(self, "chain", self.chain.model_copy(update=filled))

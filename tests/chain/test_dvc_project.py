@@ -31,11 +31,11 @@ def _cached(work: Path, table: Path) -> Path:
     return work / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
 
 
-def test_unset_dvc_project_is_the_repository_root(monkeypatch, tmp_path):
+def test_unset_dvc_project_is_the_repository_root_for_a_work_dir_inside_it(monkeypatch, tmp_path):
     monkeypatch.delenv("PLUTO_CHAIN__DVC_PROJECT", raising=False)  # the test session points it at a scratch project
-    assert load_settings(paths={"work_dir": str(tmp_path)}).chain.dvc_project == REPO_ROOT
+    assert load_settings(paths={"work_dir": str(REPO_ROOT / "work")}).chain.dvc_project == REPO_ROOT  # `make demo`'s work/
+    assert load_settings(paths={"work_dir": str(tmp_path / "work")}).chain.dvc_project is None  # elsewhere: never the checkout
     assert (REPO_ROOT / ".dvc" / "config").is_file() and (REPO_ROOT / "data.dvc").is_file()
-    assert os.environ.get("PLUTO_CHAIN__DVC_PROJECT") is None
 
 
 def test_each_table_is_one_file_stage_tracked_and_cached_alike(tmp_path):
