@@ -6,8 +6,8 @@ the stage's entry module imports, directly or through other pluto modules (impor
 functions included), read from the source with `ast` (nothing is imported). A whole subpackage
 counts as soon as one of its modules is imported, since packages re-export lazily
 (`pluto.lazy_exports`) and a detector or reader may be picked by name; a top-level module
-(`pluto.errors`) counts alone. Edits elsewhere (registry,
-training, flows, settings) leave the version, and so the cache, alone.
+(`pluto.errors`) counts alone. Edits elsewhere (registry, training, flows, settings) leave the
+version, and so the cache, alone. Computed once per process, like the modules it describes.
 """
 
 from __future__ import annotations

@@ -155,7 +155,7 @@ def warn_shared_region_ids(slide_ids: pd.Series, where: Path) -> None:
     ids = pd.Series(slide_ids.unique())
     clash = ids[ids.map(region_base).duplicated(keep=False)]
     if len(clash):
-        log.warning("%s: slides %s share region ids (their ids agree in the first 43 bits); "
+        log.warning("%s: slides %s share region ids (43 bits of their id hashes agree); "
                     "group regions by (slide_id, region_id)", where, ", ".join(clash.head(4)))
 
 

@@ -110,3 +110,15 @@ def test_merge_qc_links_slide_folders_and_sorts_summary(tmp_path):
     assert summary["slide_id"].tolist() == ["a", "b"]
     assert (tmp_path / "qc" / "a" / "qc.parquet").read_bytes() == b"a"
     assert (tmp_path / "qc" / "a" / "qc.parquet").stat().st_ino == (tmp_path / "batch1" / "a" / "qc.parquet").stat().st_ino
+
+
+def test_merge_names_slides_whose_region_ids_would_overlap(tmp_path, monkeypatch, caplog):
+    import pluto.tiling.cohort as cohort
+
+    store = tmp_path / "store"
+    parts = [_tile_batch(store, "k1", "a", 3), _tile_batch(store, "k2", "b", 2)]
+    merge_tiles(parts, tmp_path / "tiles")
+    assert "share region ids" not in caplog.text  # distinct slide ids, distinct bases
+    monkeypatch.setattr(cohort, "region_base", lambda slide_id: 0)  # as if 43 bits of both ids' hashes agreed
+    merge_tiles(parts, tmp_path / "tiles")
+    assert "slides a, b share region ids" in caplog.text
