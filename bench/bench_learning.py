@@ -1,7 +1,7 @@
 """Does pretraining learn? Probe the teacher at checkpoints against its random-init twin and mean RGB.
 
-Pretraining data: 224-px tiles of the bundled H&E, cut at 0.5 and 1.0 um/px (kept when their mean
-HSV saturation says tissue, `pluto.eval.derived.saturation`): the 20 MoNuSeg regions
+Pretraining data: 224-px tiles of the bundled H&E, cut at 0.5 and 1.0 um/px on a grid and kept when
+their mean HSV saturation says tissue (`pluto.eval.derived.saturation`): the 20 MoNuSeg regions
 (`regions_monuseg/images`, 1000 x 1000, their um/px from `mpp_overrides.csv`, area-resampled) and
 the CMU slide (read through `pluto.slides.read_tile`). The tiles go to an image folder, and the run
 is the project's own: `pluto.train.trainer.train` with a `TrainConfig` (`data_kind="images"`; the
@@ -60,6 +60,7 @@ DATA = REPO.parent / "shared" / "data"
 TILE_MPPS = (0.5, 1.0)
 TILE_PX = 224
 KNN_K = 5  # TrainConfig.knn_k: the trainer's kNN monitor
+MONITOR_WINDOW = 20  # steps averaged into the monitors reported at a checkpoint
 RESULTS = REPO / "bench" / "results"
 
 
@@ -91,7 +92,8 @@ def _origins(side: int, tile: int) -> list[int]:
 
 
 def region_tiles(image: Path, mpp: float, out: Path) -> int:
-    """Tiles of one unpyramided region (MoNuSeg) at each TILE_MPPS, area-resampled from its um/px."""
+    """Tiles of one unpyramided region (MoNuSeg) at each TILE_MPPS, area-resampled from its um/px (read with
+    Pillow: pluto.slides refuses some of these files, PackBits strips, having no decoder proven equal for them)."""
     import cv2
     from PIL import Image
 
@@ -130,8 +132,29 @@ def slide_tiles(slide: Path, out: Path) -> int:
     return n
 
 
+def slide_tiles(slide: Path, out: Path) -> int:
+    """Grid tiles of a slide at each TILE_MPPS through pluto.slides (the reader the tiling stage uses), tissue only."""
+    from PIL import Image
+
+    from pluto.slides import get_handle, read_tile
+
+    handle = get_handle(slide)
+    info = handle.info
+    n = 0
+    for target in TILE_MPPS:
+        fov = int(round(TILE_PX * target / info.mpp))  # level-0 px per tile
+        for y in _origins(info.height, fov):
+            for x in _origins(info.width, fov):
+                tile = read_tile(handle, x, y, target, TILE_PX)
+                if _keep(tile):
+                    Image.fromarray(tile).save(out / f"mpp{target:g}" / f"{slide.stem}_{x}_{y}.png")
+                    n += 1
+    return n
+
+
 def cut_pretraining_tiles(out: Path, data: Path = DATA) -> dict[str, int]:
-    """The bundled unlabelled H&E as tile files under `out/mpp<m>/`; tiles per source."""
+    """The bundled unlabelled H&E as tile files under `out/mpp<m>/`; tiles per source. The MoNuSeg regions
+    carry no um/px: theirs comes from `mpp_overrides.csv`, as `pluto ingest --mpp-overrides` takes it."""
     import csv
 
     for m in TILE_MPPS:
@@ -188,17 +211,28 @@ def checkpoint_teachers(cfg) -> dict[int, torch.nn.Module]:
     return dict(sorted(out.items()))
 
 
+def cpu_s() -> float:
+    """CPU seconds of this process and its finished children (the DataLoader workers)."""
+    import resource
+
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
+
+
 def pretrain(cfg) -> dict:
-    """Run the trainer; wall time and the collapse monitors at each checkpoint step."""
+    """Run the trainer; wall and CPU time, and the loss and collapse monitors (pluto.ssl.collapse) at each checkpoint,
+    averaged over the last MONITOR_WINDOW steps before it (one step's batch of 8 is noisy)."""
     from pluto.train.trainer import train
 
-    t0, cpu0 = time.perf_counter(), time.process_time()
+    t0, cpu0 = time.perf_counter(), cpu_s()
     result = train(cfg)
     keys = ("loss", "dino", "ibot", "teacher_entropy", "teacher_kl_uniform", "cls_std", "cls_rank")
-    hist = {int(h["step"]): h for h in result.history}
-    monitors = {s: {k: round(float(hist[s][k]), 4) for k in keys if k in hist[s]} for s in hist
-                if s % cfg.ckpt_every == 0 or s == cfg.steps}
-    return {"train_s": round(time.perf_counter() - t0, 1), "train_cpu_s": round(time.process_time() - cpu0, 1),
+    window = min(MONITOR_WINDOW, cfg.ckpt_every)
+    monitors = {}
+    for s in sorted({*range(cfg.ckpt_every, result.step + 1, cfg.ckpt_every), result.step}):
+        recent = [h for h in result.history if s - window < h["step"] <= s]
+        monitors[s] = {k: round(float(np.mean([h[k] for h in recent if k in h])), 4) for k in keys if any(k in h for h in recent)}
+    return {"train_s": round(time.perf_counter() - t0, 1), "train_cpu_s": round(cpu_s() - cpu0, 1),
             "steps": result.step, "collapse": result.collapse, "monitors": monitors}
 
 
@@ -321,13 +355,28 @@ def evaluate_all(encoders: list[tuple[str, int | None, object]], tasks: list[Tas
     return rows, raw
 
 
-def comparisons(raw: dict, tasks: list[Task], trained_steps: list[int]) -> list[dict]:
+def gate_floor_se(a: dict, b: dict, task: str, n_folds: int) -> float:
+    """The SE the registry gate's quality floor (`pluto.registry.floor.check_floor`) puts on the same two encoders'
+    per-repeat pooled scores, for comparison: it applies the Nadeau-Bengio term to the pooled scores' variance."""
+    from pluto.eval.records import EvalRecord
+    from pluto.registry.floor import check_floor
+
+    def record(s: dict, who: str) -> dict:
+        seeds = tuple(range(len(s["pooled"])))
+        return EvalRecord(task, "folder", "cv", "balanced_accuracy", tuple(s["pooled"]), seeds, "linear_probe/quick", who, None,
+                          "cls", extra={"spread_over": "folds", "folds": n_folds}).to_dict()
+
+    return check_floor({"records": [record(a, "trained")], "baselines": {"random_init": [record(b, "random_init")]}}).diff_se
+
+
+def comparisons(raw: dict, tasks: list[Task], trained_steps: list[int], n_folds: int) -> list[dict]:
     out = []
     for task in tasks:
         for metric in ("linear_probe_balanced_accuracy", "knn_accuracy"):
             twin = raw[("random_init", 0, task.name, metric)]
             for steps in trained_steps:
-                c = corrected_comparison(raw[("trained", steps, task.name, metric)], twin)
+                trained = raw[("trained", steps, task.name, metric)]
+                c = corrected_comparison(trained, twin) | {"gate_floor_se": gate_floor_se(trained, twin, task.name, n_folds)}
                 out.append({"task": task.name, "metric": metric, "a": "trained", "b": "random_init", "steps": steps,
                             **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in c.items()},
                             "beats_2se": bool(c["diff_mean"] > 2 * c["diff_se"])})
@@ -337,13 +386,21 @@ def comparisons(raw: dict, tasks: list[Task], trained_steps: list[int]) -> list[
 # ---------------------------------------------------------------- the run
 
 
+def uncommitted_library_files() -> list[str]:
+    """Files of pluto/ that differ from HEAD: in a shared checkout the run's code is HEAD plus these."""
+    import subprocess
+
+    out = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "pluto"], capture_output=True, text=True)
+    return sorted(line[3:] for line in out.stdout.splitlines() if line.strip())
+
+
 def run(args) -> dict:
-    from pluto.eval import random_init_twin
+    from pluto.eval import model_id, random_init_twin
     from pluto.eval.embeddings import input_px
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    t0, cpu0 = time.perf_counter(), time.process_time()
+    t0, cpu0 = time.perf_counter(), cpu_s()
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z")
     with tempfile.TemporaryDirectory(prefix="bench_learning-") as tmp:
         tmp = Path(tmp)
@@ -358,8 +415,9 @@ def run(args) -> dict:
         train_info = pretrain(cfg)
         trained = {0: start, **checkpoint_teachers(cfg)}
     final = trained[max(trained)]
+    twin = random_init_twin(final)
     encoders = [("trained", s, m) for s, m in trained.items()]
-    encoders += [("random_init", 0, random_init_twin(final)), ("mean_rgb", None, None)]
+    encoders += [("random_init", 0, twin), ("mean_rgb", None, None)]
     if args.init_from:
         from pluto.models import load_model
 
@@ -370,15 +428,17 @@ def run(args) -> dict:
     return {
         "bench": NAME, "mode": "diagnostic_crc_ssl" if args.diagnostic_crc_ssl else "result", "quick": args.quick,
         "created": started, "machine": {**machine(), "device": args.device, "torch_threads": torch.get_num_threads(),
-                                        "torch": torch.__version__},
+                                        "torch": torch.__version__,
+                                        "uncommitted_library_files": uncommitted_library_files()},
         "config": {"arch": cfg.arch, "ssl_preset": args.ssl_preset, "steps": cfg.steps, "batch": cfg.global_batch, "seed": cfg.seed,
-                   "checkpoint_steps": sorted(trained), "init_from": cfg.init_from or None, "repeats": args.repeats,
+                   "checkpoint_steps": sorted(trained),
+                   "step0_is_twin": model_id(trained[0]) == model_id(twin), "init_from": cfg.init_from or None, "repeats": args.repeats,
                    "folds": args.folds, "knn_k": KNN_K, "embedding": "cls", "probe": "quick (pooled out-of-fold)",
                    "tile_mpps": list(TILE_MPPS) if not args.diagnostic_crc_ssl else [0.5], "tile_px": TILE_PX,
                    "pretraining_tiles": counts},
         "train": train_info, "eval_s": round(time.perf_counter() - t_eval, 1), "total_s": round(time.perf_counter() - t0, 1),
-        "total_cpu_s": round(time.process_time() - cpu0, 1),
-        "rows": rows, "comparisons": comparisons(raw, tasks, sorted(trained)),
+        "total_cpu_s": round(cpu_s() - cpu0, 1),
+        "rows": rows, "comparisons": comparisons(raw, tasks, sorted(trained), args.folds),
     }
 
 
@@ -392,30 +452,40 @@ def table(result: dict) -> str:
     comp = {(c["task"], c["metric"]): c for c in result["comparisons"] if c["steps"] == final}
     has_parent = any(r["encoder"] == "parent" for r in result["rows"])
     head = ["task", "metric", "mean RGB", "random init"] + (["parent"] if has_parent else []) + [f"step {s}" for s in steps]
-    head += [f"step {final} - random init (± SE)", "> 2 SE"]
+    head += [f"step {final} - random init ± SE", "> 2 SE", "gate floor's SE"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fmt = lambda r: f"{r['mean']:.3f} ± {r['std']:.3f}" if r and r["std"] is not None else (f"{r['mean']:.3f}" if r else "")  # noqa: E731
     for (task, metric), c in comp.items():
         cells = [task, metric.replace("_", " "), fmt(by.get(("mean_rgb", None, task, metric))), fmt(by.get(("random_init", 0, task, metric)))]
         cells += [fmt(by.get(("parent", None, task, metric)))] if has_parent else []
         cells += [fmt(by.get(("trained", s, task, metric))) for s in steps]
-        cells += [f"{c['diff_mean']:+.3f} ± {c['diff_se']:.3f}", "yes" if c["beats_2se"] else "no"]
+        cells += [f"{c['diff_mean']:+.3f} ± {c['diff_se']:.3f}", "yes" if c["beats_2se"] else "no", f"{c['gate_floor_se']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def describe(result: dict) -> str:
     c, m, t = result["config"], result["machine"], result["train"]
-    tiles = ", ".join(f"{k}: {v}" for k, v in c["pretraining_tiles"].items())
-    end = t["monitors"].get(str(t["steps"])) or t["monitors"].get(t["steps"]) or {}
-    mon = ", ".join(f"{k} {v}" for k, v in end.items())
-    return (f"{c['arch']} ({c['ssl_preset']} SSL preset), {c['steps']} steps x batch {c['batch']}, seed {c['seed']}, on {m['cpu']} "
-            f"({m['device']}, {m['torch_threads']} torch threads, {m['cores']} cores shared, load {m['load_1min']} at start), "
-            f"git {m['git_sha']}, {result['created']}. Training {t['train_s']:.0f} s, evaluation {result['eval_s']:.0f} s, "
-            f"total {result['total_s']:.0f} s. Pretraining tiles ({TILE_PX} px at {'/'.join(f'{v:g}' for v in c['tile_mpps'])} um/px): "
-            f"{tiles}. Probes: CLS, {c['repeats']} x {c['folds']}-fold stratified (same folds for every encoder), quick linear "
-            f"probe (balanced accuracy) and {c['knn_k']}-NN (accuracy); mean ± std over the repeats. Collapse monitors at the "
-            f"last step: {mon or 'n/a'} (verdict: {t['collapse'] or 'none'}).")
+    tiles = ", ".join(f"{k} {v}" for k, v in c["pretraining_tiles"].items())
+    steps = sorted(int(s) for s in t["monitors"])
+    mon = "; ".join(f"step {s}: " + ", ".join(f"{k} {v:g}" for k, v in t["monitors"].get(str(s), t["monitors"].get(s, {})).items())
+                    for s in steps)
+    twin = ("the same weights as step 0 (`random_init_twin` re-draws the run's own initialisation)" if c.get("step0_is_twin")
+            else "not the run's step-0 weights (another draw of the same initialisation)")
+    return "\n".join([
+        f"- Run: {c['arch']}, SSL preset `{c['ssl_preset']}`, {c['steps']} steps x batch {c['batch']}, seed {c['seed']}; "
+        f"pretraining tiles ({c['tile_px']} px at {'/'.join(f'{v:g}' for v in c['tile_mpps'])} um/px): {tiles}.",
+        f"- Machine: {m['cpu']} ({m['device']}, {m['torch_threads']} torch thread(s), {m['cores']} cores shared with other jobs, "
+        f"load {m['load_1min']} at start), torch {m['torch']}, git {m['git_sha']}"
+        + (f" plus uncommitted changes to {', '.join(m['uncommitted_library_files'])}" if m.get("uncommitted_library_files") else "")
+        + f", {result['created']}.",
+        f"- Time: training {t['train_s']:.0f} s wall ({t['train_cpu_s']:.0f} s CPU with the loader workers), evaluation "
+        f"{result['eval_s']:.0f} s, total {result['total_s']:.0f} s wall, {result['total_cpu_s']:.0f} s CPU.",
+        f"- Probes: CLS embeddings, {c['repeats']} x {c['folds']}-fold stratified, the same folds for every encoder; quick "
+        f"linear probe (balanced accuracy) and {c['knn_k']}-NN (accuracy). Random init: {twin}.",
+        f"- Loss and collapse monitors (mean of the {MONITOR_WINDOW} steps before each checkpoint): {mon or 'n/a'}; "
+        f"collapse verdict at the end: {t['collapse'] or 'none'}.",
+    ])
 
 
 def readme_body(results: dict[str, dict]) -> str:
@@ -435,10 +505,16 @@ def readme_body(results: dict[str, dict]) -> str:
                      "Pretrained on the very images it is probed on (no labels), to tell the SSL code from data scarcity: a "
                      f"working DINO/iBOT should beat random init here.\n\n{describe(diag)}\n\n{table(diag)}")
     parts.append(
-        "Statistics: rows are mean ± std over the repeats; the difference is paired per fold (repeats x folds pairs on the "
-        "same items) with the corrected repeated k-fold CV standard error, var(d) x (1/n + n_test/n_train) (Bouckaert & "
-        "Frank 2004, after Nadeau & Bengio 2003). Random init is the gate's twin (`pluto.eval.baselines.random_init_twin` of "
-        "the trained model, seed 0); step 0 is the run's own initialisation (same architecture and seed).\n\n"
+        "Statistics: rows are mean ± std over the repeats (each repeat pools its out-of-fold predictions). The difference "
+        "is paired per fold (repeats x folds pairs, each on the same test items after training on the same items), its SE "
+        "the corrected repeated k-fold cross-validation one, sd(d) x sqrt(1/n + n_test/n_train) (Bouckaert & Frank 2004, "
+        "after Nadeau & Bengio 2003): folds that share training items are correlated, and the plain sd/sqrt(n) "
+        "understates the spread. On 32 images the n_test/n_train term dominates (the quick probe holds a validation fold "
+        "out of training, so it is 8/16 there) and more repeats cannot shrink it. \"gate floor's SE\" is what "
+        "`pluto.registry.floor.check_floor` gives for the same two encoders from the per-repeat pooled scores (its Nadeau-"
+        "Bengio term applied to the pooled scores' variance), for comparison. Random init is the gate's twin "
+        "(`pluto.eval.baselines.random_init_twin` of the trained model); step 0 is the run's own initialisation (same "
+        "architecture and seed).\n\n"
         "GPU figures pending: no GPU was lent to this task (`python -m bench.bench_learning --arch pluto_4s --ssl-preset "
         "pluto_4s --device cuda ...` on one).")
     return "\n\n".join(parts)

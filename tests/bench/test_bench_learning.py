@@ -46,7 +46,7 @@ def test_tiny_run_writes_paired_comparisons_curve_and_readme_section(tmp_path):
         assert math.isclose(c["diff_mean"], d.mean(), abs_tol=1e-4)
         se = d.std(ddof=1) * math.sqrt(1 / d.size + a["test_train_ratio"])  # corrected repeated k-fold CV
         assert math.isclose(c["diff_se"], se, abs_tol=1e-4) and c["diff_se"] >= c["naive_se"] - 1e-9
-        assert c["beats_2se"] == (c["diff_mean"] > 2 * c["diff_se"])
+        assert c["beats_2se"] == (c["diff_mean"] > 2 * c["diff_se"]) and math.isfinite(c["gate_floor_se"])
 
     readme = tmp_path / "README.md"
     readme.write_text("# Benchmarks\n")
