@@ -4,8 +4,9 @@ Pretraining data: 224-px tiles of the bundled H&E, cut at 0.5 and 1.0 um/px on a
 their mean HSV saturation says tissue (`pluto.eval.derived.saturation`): the 20 MoNuSeg regions
 (`regions_monuseg/images`, 1000 x 1000, their um/px from `mpp_overrides.csv`, area-resampled) and
 the CMU slide (read through `pluto.slides.read_tile`). The tiles go to an image folder, and the run
-is the project's own: `pluto.train.trainer.train` with a `TrainConfig` (`data_kind="images"`; the
-folder mixes two resolutions, so `image_mpp` stays unknown), checkpointing at 1/3, 2/3 and the end.
+is the project's own: `pluto.train.trainer.train` with the arch's bound recipe
+(`pluto.train.recipes.recipe_config`; `data_kind="images"`, and as the folder mixes two resolutions
+`image_mpp` stays unknown), checkpointing at 1/3, 2/3 and the end.
 
 Evaluation (pluto.eval, CLS embeddings): on every task, every encoder is scored on the same folds,
 `repeats` x `folds`-fold stratified (`stratified_folds`, seeds 0..repeats-1; region-grouped on the
@@ -32,7 +33,7 @@ the very images it trained on). A diagnostic, not a result: train and test image
 
     python -m bench.bench_learning --quick                      # CPU, pluto_tiny (< 12 min on 2 cores)
     python -m bench.bench_learning --quick --diagnostic-crc-ssl
-    python -m bench.bench_learning --arch pluto_4s --ssl-preset pluto_4s --steps 300 --batch 32   # a GPU
+    python -m bench.bench_learning --arch pluto_4s --device cuda --steps 300 --batch 32      # on a GPU
 """
 
 from __future__ import annotations
@@ -172,15 +173,17 @@ def cut_pretraining_tiles(out: Path, data: Path = DATA) -> dict[str, int]:
 
 
 def train_config(args, data: Path, run_dir: Path, image_mpp: float | None):
-    from pluto.ssl import ssl_preset
-    from pluto.train.config import TrainConfig
+    """The arch's bound recipe (`pluto.train.recipes.recipe_config`: ssl, batch, drop path, all cited) with this run's
+    data, length, seed, checkpoints and, when given, batch; `recipe_overrides` lists what departs from the recipe."""
+    from pluto.train.recipes import recipe_config
 
     every = max(1, args.steps // args.checkpoints)
-    return TrainConfig(
-        arch=args.arch, ssl=ssl_preset(args.ssl_preset), data=str(data), data_kind="images", image_mpp=image_mpp,
-        run_dir=str(run_dir), batch_per_gpu=args.batch, global_batch=args.batch, steps=args.steps, seed=args.seed,
-        precision="bf16" if args.device == "cuda" else "fp32", num_workers=args.workers, ckpt_every=every,
+    batch = {"batch_per_gpu": args.batch, "global_batch": args.batch} if args.batch else {}
+    return recipe_config(
+        args.arch, data=str(data), data_kind="images", image_mpp=image_mpp, run_dir=str(run_dir), steps=args.steps,
+        seed=args.seed, precision="bf16" if args.device == "cuda" else "fp32", num_workers=args.workers, ckpt_every=every,
         keep_ckpts=args.checkpoints + 1, log_every=max(1, args.steps // 20), tracking_uri="", init_from=args.init_from or "",
+        **batch,
     )
 
 
@@ -308,7 +311,8 @@ def score(x: np.ndarray, task: Task, plans: list[np.ndarray], n_folds: int) -> d
         knn_pooled.append(float(np.dot(accs, sizes) / np.sum(sizes)))  # pooled out-of-fold accuracy
         knn_folds.append(accs)
     return {
-        "linear_probe_balanced_accuracy": {"pooled": probe_pooled, "folds": probe_folds, "test_train_ratio": float(np.mean(probe_ratio))},
+        "linear_probe_balanced_accuracy": {"pooled": probe_pooled, "folds": probe_folds,
+                                           "test_train_ratio": float(np.mean(probe_ratio))},
         "knn_accuracy": {"pooled": knn_pooled, "folds": knn_folds, "test_train_ratio": float(np.mean(knn_ratio))},
     }
 
@@ -318,7 +322,8 @@ def corrected_comparison(a: dict, b: dict) -> dict:
     d = (np.asarray(a["folds"], float) - np.asarray(b["folds"], float)).ravel()
     n = d.size
     se = float(np.std(d, ddof=1) * math.sqrt(1 / n + a["test_train_ratio"])) if n > 1 else math.nan
-    return {"diff_mean": float(d.mean()), "diff_se": se, "n": n, "naive_se": float(np.std(d, ddof=1) / math.sqrt(n)) if n > 1 else math.nan}
+    naive = float(np.std(d, ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    return {"diff_mean": float(d.mean()), "diff_se": se, "n": n, "naive_se": naive}
 
 
 def embeddings(model, task: Task, args) -> np.ndarray:
@@ -430,11 +435,12 @@ def run(args) -> dict:
         "created": started, "machine": {**machine(), "device": args.device, "torch_threads": torch.get_num_threads(),
                                         "torch": torch.__version__,
                                         "uncommitted_library_files": uncommitted_library_files()},
-        "config": {"arch": cfg.arch, "ssl_preset": args.ssl_preset, "steps": cfg.steps, "batch": cfg.global_batch, "seed": cfg.seed,
-                   "checkpoint_steps": sorted(trained),
-                   "step0_is_twin": model_id(trained[0]) == model_id(twin), "init_from": cfg.init_from or None, "repeats": args.repeats,
-                   "folds": args.folds, "knn_k": KNN_K, "embedding": "cls", "probe": "quick (pooled out-of-fold)",
-                   "tile_mpps": list(TILE_MPPS) if not args.diagnostic_crc_ssl else [0.5], "tile_px": TILE_PX,
+        "config": {"arch": cfg.arch, "recipe_overrides": list(cfg.recipe_overrides), "ssl": cfg.ssl.to_dict(), "steps": cfg.steps,
+                   "batch": cfg.global_batch, "seed": cfg.seed, "checkpoint_steps": sorted(trained),
+                   "step0_is_twin": model_id(trained[0]) == model_id(twin), "init_from": cfg.init_from or None,
+                   "repeats": args.repeats, "folds": args.folds, "knn_k": KNN_K, "embedding": "cls",
+                   "probe": "quick (pooled out-of-fold)", "tile_mpps": list(TILE_MPPS) if not args.diagnostic_crc_ssl else [0.5],
+                   "tile_px": TILE_PX,
                    "pretraining_tiles": counts},
         "train": train_info, "eval_s": round(time.perf_counter() - t_eval, 1), "total_s": round(time.perf_counter() - t0, 1),
         "total_cpu_s": round(cpu_s() - cpu0, 1),
@@ -454,9 +460,12 @@ def table(result: dict) -> str:
     head = ["task", "metric", "mean RGB", "random init"] + (["parent"] if has_parent else []) + [f"step {s}" for s in steps]
     head += [f"step {final} - random init ± SE", "> 2 SE", "gate floor's SE"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    fmt = lambda r: f"{r['mean']:.3f} ± {r['std']:.3f}" if r and r["std"] is not None else (f"{r['mean']:.3f}" if r else "")  # noqa: E731
+    def fmt(r: dict | None) -> str:
+        return "" if r is None else f"{r['mean']:.3f}" + (f" ± {r['std']:.3f}" if r["std"] is not None else "")
+
     for (task, metric), c in comp.items():
-        cells = [task, metric.replace("_", " "), fmt(by.get(("mean_rgb", None, task, metric))), fmt(by.get(("random_init", 0, task, metric)))]
+        cells = [task, metric.replace("_", " "), fmt(by.get(("mean_rgb", None, task, metric))),
+                 fmt(by.get(("random_init", 0, task, metric)))]
         cells += [fmt(by.get(("parent", None, task, metric)))] if has_parent else []
         cells += [fmt(by.get(("trained", s, task, metric))) for s in steps]
         cells += [f"{c['diff_mean']:+.3f} ± {c['diff_se']:.3f}", "yes" if c["beats_2se"] else "no", f"{c['gate_floor_se']:.3f}"]
@@ -473,7 +482,8 @@ def describe(result: dict) -> str:
     twin = ("the same weights as step 0 (`random_init_twin` re-draws the run's own initialisation)" if c.get("step0_is_twin")
             else "not the run's step-0 weights (another draw of the same initialisation)")
     return "\n".join([
-        f"- Run: {c['arch']}, SSL preset `{c['ssl_preset']}`, {c['steps']} steps x batch {c['batch']}, seed {c['seed']}; "
+        f"- Run: {c['arch']} with its recipe (`pluto.train.recipes`; set over it: "
+        f"{', '.join(c['recipe_overrides']) or 'nothing'}), {c['steps']} steps x batch {c['batch']}, seed {c['seed']}; "
         f"pretraining tiles ({c['tile_px']} px at {'/'.join(f'{v:g}' for v in c['tile_mpps'])} um/px): {tiles}.",
         f"- Machine: {m['cpu']} ({m['device']}, {m['torch_threads']} torch thread(s), {m['cores']} cores shared with other jobs, "
         f"load {m['load_1min']} at start), torch {m['torch']}, git {m['git_sha']}"
@@ -515,8 +525,8 @@ def readme_body(results: dict[str, dict]) -> str:
         "Bengio term applied to the pooled scores' variance), for comparison. Random init is the gate's twin "
         "(`pluto.eval.baselines.random_init_twin` of the trained model); step 0 is the run's own initialisation (same "
         "architecture and seed).\n\n"
-        "GPU figures pending: no GPU was lent to this task (`python -m bench.bench_learning --arch pluto_4s --ssl-preset "
-        "pluto_4s --device cuda ...` on one).")
+        "GPU figures pending: no GPU was lent to this task (`python -m bench.bench_learning --arch pluto_4s --device cuda "
+        "--batch 32 ...` on one).")
     return "\n\n".join(parts)
 
 
@@ -569,12 +579,12 @@ def learning_curve(result: dict, path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="CPU: pluto_tiny, demo preset, 450 steps x 8, 10 x 4 folds (< 12 min on 2 cores)")
+    ap.add_argument("--quick", action="store_true",
+                    help="CPU: pluto_tiny (its recipe: the demo's), 450 steps, 10 x 4 folds (< 12 min on 2 cores)")
     ap.add_argument("--diagnostic-crc-ssl", action="store_true", help="pretrain on the CRC patches themselves (a diagnostic)")
     ap.add_argument("--arch", default="pluto_tiny")
-    ap.add_argument("--ssl-preset", default="demo")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps (quick: 450, else 1500)")
-    ap.add_argument("--batch", type=int, default=8, help="tiles per step")
+    ap.add_argument("--batch", type=int, default=None, help="tiles per step, one process (default: the arch's recipe)")
     ap.add_argument("--checkpoints", type=int, default=3, help="evaluated checkpoints after step 0")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=10)
