@@ -39,10 +39,6 @@ class Cited:
     source: str
     quote: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"value": list(self.value) if isinstance(self.value, tuple) else self.value, "source": self.source,
-                **({"quote": self.quote} if self.quote else {})}
-
 
 def _dinov2(file: str, key: str, value: Any) -> Cited:
     return Cited(value, f"dinov2 {file} {key}")
