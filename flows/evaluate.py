@@ -11,6 +11,7 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 
 from flows.common import cached_or_refresh, resolve, stage_cache_key, stage_run, was_cached
+from pluto.code_version import code_version
 from pluto.config import Settings
 from pluto.eval.records import EVAL_SUITE_VERSION
 from pluto.registry.checkpoint_store import sha256_file
@@ -41,7 +42,8 @@ def metric_name(row: dict[str, Any]) -> str:
 
 
 @task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json")
-def evaluate_model(model_dir: str, tasks: list[dict[str, Any]], eval_cfg: Any, out_dir: str, input_hash: str, config_hash: str) -> dict:
+def evaluate_model(model_dir: str, tasks: list[dict[str, Any]], eval_cfg: Any, out_dir: str, input_hash: str, config_hash: str,
+                   code_hash: str) -> dict:
     from pluto.eval.suite import TaskConfig, evaluate
 
     result = evaluate(model_dir, [TaskConfig.from_dict(t) for t in tasks], eval_cfg, Path(out_dir))
@@ -58,7 +60,8 @@ def evaluate_flow(config: dict[str, Any] | None = None, model_dir: str = "", dat
     key = f"{s.config_hash('eval')}{json.dumps(tasks, sort_keys=True)}{EVAL_SUITE_VERSION}"
     config_hash = hashlib.sha256(key.encode()).hexdigest()[:16]
     run = cached_or_refresh(evaluate_model, [out_dir / "records.json"])
-    state = run(model_dir, tasks, s.eval, str(out_dir), input_hash=weights, config_hash=config_hash, return_state=True)
+    state = run(model_dir, tasks, s.eval, str(out_dir), input_hash=weights, config_hash=config_hash,
+                code_hash=code_version("pluto.eval.suite"), return_state=True)
     result = state.result()
     rows = table_rows(result)
     create_table_artifact(key="eval-table", table=rows, description=f"suite score {result['score']:.4f}")

@@ -17,12 +17,13 @@ from typing import Any
 from prefect import flow, task
 
 from flows.common import cached_or_refresh, resolve, stage_cache_key, stage_run, was_cached
+from pluto.code_version import code_version
 from pluto.errors import PlutoError
 from pluto.train.config import TrainConfig
 
 
 @task(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json")
-def pretrain_job(cfg: TrainConfig, launcher: str, nproc: int, input_hash: str, config_hash: str) -> dict[str, Any]:
+def pretrain_job(cfg: TrainConfig, launcher: str, nproc: int, input_hash: str, config_hash: str, code_hash: str) -> dict[str, Any]:
     from pluto.train.launch import launch
 
     job_id, state = launch(cfg, launcher, nproc_per_node=nproc, wait=True)
@@ -50,7 +51,8 @@ def pretrain_flow(
         tracker.log_params({"arch": cfg.arch, "steps": cfg.steps, "seed": seed, "launcher": launcher, "job_name": name,
                             "init_from": cfg.init_from})
         run = cached_or_refresh(pretrain_job, [Path(cfg.run_dir) / "export"])
-        state = run(cfg, launcher, nproc, input_hash=data_hash, config_hash=config_hash, return_state=True)
+        state = run(cfg, launcher, nproc, input_hash=data_hash, config_hash=config_hash,
+                    code_hash=code_version("pluto.train.trainer"), return_state=True)
         out = state.result()
         tracker.set_tags({"pluto.cached": was_cached(state), "pluto.model_dir": out["model_dir"]})
     return {**out, "cached": was_cached(state), "run_dir": cfg.run_dir}
