@@ -506,7 +506,9 @@ def readme_body(results: dict[str, dict]) -> str:
                     and c["steps"] == max(res["config"]["checkpoint_steps"])), None)
         verdict = ("" if crc is None else
                    f"\n\nTarget (issue 12, `--quick`, CRC linear probe): diff_mean > 2 x diff_se: {crc['diff_mean']:+.3f} vs "
-                   f"2 x {crc['diff_se']:.3f} = {2 * crc['diff_se']:.3f}: **{'met' if crc['beats_2se'] else 'not met'}**.")
+                   f"2 x {crc['diff_se']:.3f} = {2 * crc['diff_se']:.3f}: **{'met' if crc['beats_2se'] else 'not met'}** "
+                   f"(against 2 x the gate floor's SE, {2 * crc['gate_floor_se']:.3f}: "
+                   f"{'met' if crc['diff_mean'] > 2 * crc['gate_floor_se'] else 'not met'}).")
         parts.append(f"### Result{' (--quick)' if res['quick'] else ''}\n\n{describe(res)}\n\n{table(res)}{verdict}\n\n"
                      f"Learning curve: `{res.get('png', '')}`.")
     diag = results.get("diagnostic_crc_ssl")
