@@ -6,9 +6,11 @@ the model (`pluto.eval.suite.evaluate_task`), so per run d_s = model_s - twin_s,
 tasks both were scored on, and the floor holds when mean(d) > 2 standard errors.
 
 The runs of a pooled cross-validation record re-deal the folds of one data set, so they are
-correlated and the plain SE understates the spread; those records use Nadeau & Bengio's corrected
-resampled variance, var(d) * (1/J + n_test/n_train) with n_test/n_train = 1/(k - 1) for k folds
-(Nadeau & Bengio 2003, "Inference for the generalization error", Machine Learning 52:239-281).
+correlated and the plain SE understates the spread; those records use the corrected repeated k-fold
+test (Nadeau & Bengio 2003, "Inference for the generalization error", Machine Learning 52:239-281;
+Bouckaert & Frank 2004): on per-fold values SE^2 = var_fold * (1/(J k) + n_test/n_train), with
+n_test/n_train = 1/(k - 1). A pooled run is about the mean of its k folds (var_fold ~ k var(d)), so
+on the J pooled values SE^2 = var(d) * (1/J + k/(k - 1)).
 Records on a fixed split (runs vary the seed or a bootstrap resample) use the plain SE.
 """
 
@@ -52,7 +54,8 @@ def _paired(result: dict[str, Any]) -> tuple[list[str], np.ndarray, float]:
     diffs = np.array([np.subtract(model[t].values, twin[t].values) for t in tasks])
     folds = [int(model[t].extra.get("folds", 0)) for t in tasks if model[t].extra.get("spread_over") == "folds"]
     n = diffs.shape[1]
-    inflation = (1 / n + 1 / (min(folds) - 1)) * n if folds and min(folds) > 1 else 1.0
+    k = min(folds) if folds else 0
+    inflation = (1 / n + k / (k - 1)) * n if k > 1 else 1.0
     return tasks, diffs, inflation
 
 

@@ -31,7 +31,7 @@ def test_a_clear_paired_win_passes_and_a_tie_does_not():
     win = check_floor(_result(better, twin))
     assert win.passed is True and win.tasks == ("crc", "mag") and win.n == 5 and "beats its random-init twin" in win.reason
     per_run = np.mean([np.subtract(m.values, t.values) for m, t in zip(better, twin)], axis=0)  # mean over tasks, per run
-    assert win.diff_mean == pytest.approx(per_run.mean()) and win.diff_se == pytest.approx(np.std(per_run, ddof=1) * math.sqrt(1 / 5 + 1 / 3))
+    assert win.diff_mean == pytest.approx(per_run.mean()) and win.diff_se == pytest.approx(np.std(per_run, ddof=1) * math.sqrt(1 / 5 + 4 / 3))
     same = [_rec("crc", [0.41, 0.44, 0.43, 0.37, 0.45]), _rec("mag", [0.30, 0.33, 0.30, 0.29, 0.34])]
     tie = check_floor(_result(same, twin))
     assert tie.passed is False and "does not beat" in tie.reason
@@ -44,7 +44,7 @@ def test_pooled_folds_inflate_the_standard_error_as_nadeau_and_bengio():
     d = np.subtract(model[0].values, twin[0].values)
     assert plain.diff_se == pytest.approx(np.std(d, ddof=1) / math.sqrt(5))
     folded = check_floor(_result([_rec("crc", model[0].values, folds=4)], [_rec("crc", twin[0].values, "twin", folds=4)]))
-    assert folded.diff_se == pytest.approx(np.std(d, ddof=1) * math.sqrt(1 / 5 + 1 / 3))  # 1/J + n_test/n_train
+    assert folded.diff_se == pytest.approx(np.std(d, ddof=1) * math.sqrt(1 / 5 + 4 / 3))  # 1/J + k n_test/n_train, k = 4
     assert folded.diff_se > plain.diff_se
 
 
