@@ -28,11 +28,21 @@ def _register(url, model_dir, scores, key, tmp_path, ckpt=None):
                               git_sha="abc", idempotency_key=key, checkpoint=ckpt)
 
 
-def test_register_gate_promote_rollback_and_serve_champion(mlflow_server, tiny_dirs, tmp_path):
+@pytest.fixture(scope="module")
+def registry_mlflow(tmp_path_factory):
+    """Its own MLflow server: this story starts with no champion, which modules sharing the session server break."""
+    from pluto.services import start_mlflow
+
+    svc = start_mlflow(tmp_path_factory.mktemp("registry-mlflow"))
+    yield svc
+    svc.stop()
+
+
+def test_register_gate_promote_rollback_and_serve_champion(registry_mlflow, tiny_dirs, tmp_path):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    url, log_path = mlflow_server.url, tmp_path / "promotions.jsonl"
+    url, log_path = registry_mlflow.url, tmp_path / "promotions.jsonl"
     v1 = _register(url, tiny_dirs[0], GOOD, "key-1", tmp_path)
     again = _register(url, tiny_dirs[0], GOOD, "key-1", tmp_path)
     assert again.version == v1.version  # retried registration: no duplicate version

@@ -181,7 +181,8 @@ def test_work_pool_job_with_the_cluster_deployments_variables_has_a_valid_pod_te
     (c,) = job["spec"]["template"]["spec"]["containers"]
     assert c["image"] == ClusterSpec().image and c["args"] == ["prefect", "flow-run", "execute"]
     env = {e["name"]: e["value"] for e in c["env"]}  # pool defaults kept, the deployment's address on top
-    assert env == {"PLUTO_PATHS__WORK_DIR": "/shared/work", "PLUTO_CHAIN__DASK_ADDRESS": "tcp://pluto-dask-scheduler:8786"}
+    assert env == {"PLUTO_PATHS__WORK_DIR": "/shared/work", "PLUTO_CHAIN__DASK_ADDRESS": "tcp://pluto-dask-scheduler:8786",
+                   "PREFECT_LOCAL_STORAGE_PATH": "/shared/prefect-results"}  # stage caches shared by every pod (issue 15)
     assert env["PLUTO_PATHS__WORK_DIR"].startswith(c["volumeMounts"][0]["mountPath"] + "/")  # outputs on the shared volume
 
 
