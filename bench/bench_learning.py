@@ -114,26 +114,6 @@ def region_tiles(image: Path, mpp: float, out: Path) -> int:
 
 
 def slide_tiles(slide: Path, out: Path) -> int:
-    """Grid tiles of a slide at each TILE_MPPS through pluto.slides (the reader the tiling stage uses)."""
-    from PIL import Image
-
-    from pluto.slides import get_handle, read_tile
-
-    handle = get_handle(slide)
-    info = handle.info
-    n = 0
-    for target in TILE_MPPS:
-        fov = int(round(TILE_PX * target / info.mpp))  # level-0 px per tile
-        for y in _origins(info.height, fov):
-            for x in _origins(info.width, fov):
-                tile = read_tile(handle, x, y, target, TILE_PX)
-                if _keep(tile):
-                    Image.fromarray(tile).save(out / f"mpp{target:g}" / f"{slide.stem}_{x}_{y}.png")
-                    n += 1
-    return n
-
-
-def slide_tiles(slide: Path, out: Path) -> int:
     """Grid tiles of a slide at each TILE_MPPS through pluto.slides (the reader the tiling stage uses), tissue only."""
     from PIL import Image
 
