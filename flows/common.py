@@ -145,6 +145,16 @@ def crash_flow_run(flow_run_id: str, message: str) -> bool:
     return True
 
 
+def run_each_cached(task: Task, jobs: list[dict[str, Any]], marker: str, **shared: Any) -> list[dict[str, Any]]:
+    """Run the cached per-slide `task` for each job (recomputed when its `out_dir` lacks `marker`); each result
+    gains `recomputed` (0: it came from the cache)."""
+    done = []
+    for job in jobs:
+        state = cached_or_refresh(task, [Path(job["out_dir"]) / marker])(**job, **shared, return_state=True)
+        done.append({**state.result(), "recomputed": int(not was_cached(state))})
+    return done
+
+
 def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     """`<task>-<input>-<config>-<code>`; the code hash (`pluto.code_version`) retires outputs of older code."""
     return f"{context.task.name}-{parameters['input_hash']}-{parameters['config_hash']}-{parameters['code_hash']}"

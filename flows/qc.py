@@ -15,7 +15,7 @@ import pandas as pd
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import cached_or_refresh, dask_runner, resolve, stage_cache_key, stage_run, was_cached
+from flows.common import dask_runner, resolve, run_each_cached, stage_cache_key, stage_run
 from pluto.code_version import code_version
 from pluto.data_version import tables_hash
 from pluto.fanout import QC_SUMMARY, batched, merge_qc, ok_slides, prune_store, slide_key
@@ -40,12 +40,7 @@ def qc_slide(
 @task
 def qc_batch(jobs: list[dict[str, Any]], params: QCParams, mpp_range: tuple[float, float]) -> list[dict[str, int]]:
     """Each slide's cached `qc_slide`, recomputed when its folder lacks the summary; adds `recomputed` (0: from the cache)."""
-    done = []
-    for job in jobs:
-        run = cached_or_refresh(qc_slide, [Path(job["out_dir"]) / QC_SUMMARY])
-        state = run(**job, params=params, mpp_range=mpp_range, return_state=True)
-        done.append({**state.result(), "recomputed": int(not was_cached(state))})
-    return done
+    return run_each_cached(qc_slide, jobs, QC_SUMMARY, params=params, mpp_range=mpp_range)
 
 
 @task

@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import flow, task
 
-from flows.common import cached_or_refresh, dask_runner, resolve, stage_cache_key, stage_run, was_cached
+from flows.common import dask_runner, resolve, run_each_cached, stage_cache_key, stage_run
 from pluto.code_version import code_version
 from pluto.data_version import tables_hash
 from pluto.fanout import TILE_SPEC, batched, files_hash, merge_tiles, ok_slides, prune_store, slide_key
@@ -36,12 +36,7 @@ def tile_slide(slide: dict[str, Any], qc_dir: str, out_dir: str, options: dict[s
 @task
 def tile_batch(jobs: list[dict[str, Any]], qc_dir: str, options: dict[str, Any]) -> list[dict[str, int]]:
     """Each slide's cached `tile_slide`, recomputed when its folder lacks the spec; adds `recomputed`."""
-    done = []
-    for job in jobs:
-        run = cached_or_refresh(tile_slide, [Path(job["out_dir"]) / TILE_SPEC])
-        state = run(**job, qc_dir=qc_dir, options=options, return_state=True)
-        done.append({**state.result(), "recomputed": int(not was_cached(state))})
-    return done
+    return run_each_cached(tile_slide, jobs, TILE_SPEC, qc_dir=qc_dir, options=options)
 
 
 @flow(name="tile")
