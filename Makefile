@@ -13,7 +13,7 @@ export GX_ANALYTICS_ENABLED := false
 export MLFLOW_ENABLE_TELEMETRY := false
 export DO_NOT_TRACK := 1
 
-.PHONY: install browser test test-fast demo bench clean
+.PHONY: install browser engines test test-fast demo bench clean
 
 install: $(STAMP)
 
@@ -27,8 +27,14 @@ $(STAMP): pyproject.toml constraints.txt
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# Real engines for the `slurm` and `postgres` tests (Debian packages; needs root, as on CI).
+# Each script is idempotent and only installs; the test fixtures start and stop the daemons.
+engines:
+	bash deploy/slurm/install-debian.sh
+	bash mlflow/install-postgres-debian.sh
+
 # Everything CI runs: unit, integration (real servers on 127.0.0.1) and slow cases; GPU cases skip.
-test: install browser
+test: install browser engines
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Inner loop: skip the slow cases.

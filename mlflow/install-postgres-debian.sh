@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# Placeholder until the engine lands: installs nothing yet.
+set -euo pipefail
