@@ -54,11 +54,11 @@ def champion_model_dir(tracking_uri: str, name: str, dest_dir: str) -> str:
 
 
 @task
-def commit_data_version(work_dir: str, remote: str, endpoint_url: str | None, git: bool = False,
+def commit_data_version(work_dir: str, remote: str, endpoint_url: str | None, data_root: str, git: bool = False,
                         git_remote: str | None = None) -> dict[str, Any]:
     from pluto.data_version import commit_data
 
-    version = commit_data(work_dir, remote, endpoint_url)
+    version = commit_data(work_dir, remote, endpoint_url, data_root=Path(data_root))
     if git:  # opt-in (chain.data_git): data.dvc committed and tagged data/<md5[:8]>
         from pluto.data_git import commit_version
 
@@ -138,7 +138,7 @@ def retrain(config: dict[str, Any] | None = None, seed: int | None = None, launc
                 "tile": tile_flow(config, parent.run_id),
             }
             data = io_retries(commit_data_version, s)(str(s.paths.work_dir), s.chain.dvc_remote, s.s3.endpoint_url,
-                                                      s.chain.data_git, s.chain.data_git_remote)
+                                                      str(s.paths.data_root), s.chain.data_git, s.chain.data_git_remote)
             parent.set_tags({"pluto.data_hash": data["md5"]})
             record_data_version(s, parent, data)
             init_from = ""

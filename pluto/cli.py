@@ -414,7 +414,8 @@ def data_checkout_cmd(
         if dvc_file is None:  # DVC pulls what a .dvc file names: without the version's own there is nothing to restore
             raise PlutoError(f"{model} v{model_version}: its run {record.run_id or '(none)'} logged no data.dvc, so its data "
                              f"{record.data_hash} cannot be checked out; with chain.data_git on, `dvc get` its data/ tag instead")
-        version = checkout_data(s.paths.work_dir, dvc_file, s.chain.dvc_remote, s.s3.endpoint_url, md5=record.data_hash)
+        version = checkout_data(s.paths.work_dir, dvc_file, s.chain.dvc_remote, s.s3.endpoint_url, md5=record.data_hash,
+                                data_root=s.paths.data_root)
     typer.echo(f"{model} v{model_version}: data {version.md5} restored into {s.paths.work_dir} from its run's data.dvc")
 
 

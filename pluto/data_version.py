@@ -15,10 +15,15 @@ Two DVC places, both plain DVC (`dvc add`, `dvc push`, `dvc pull`, a `data.dvc` 
 - The DVC project (`chain.dvc_project`, the repository root) commits `.dvc/config` and a
   top-level `data.dvc`; `publish` points that `data.dvc` at the champion's data.
 
-No table is stored twice. The cache type is `hardlink,copy`: `dvc add` links the tracked files into
-DVC's cache, `data/` holds hard links of the stage tables (only the catalog is rewritten, without
-its ingest time), and after the add each stage table is relinked to its cache object, so one file
-on disk is the stage table, the tracked file and the cache object. DVC marks such files read-only;
+Versioned data names slides, not machines: a slide location under `paths.data_root` is stored
+relative to it (`portable`), so the same slides in another clone, CI's or a colleague's, give the
+same bytes and the same data version, and a restore writes this machine's paths back (`anchored`).
+
+A table is stored twice only where that takes a rewrite: the catalog (without its ingest time) and
+the tables naming slide locations (tile shards, tiling summary). The cache type is `hardlink,copy`:
+`dvc add` links the tracked files into DVC's cache, `data/` holds hard links of the other stage
+tables, and after the add each of them is relinked to its cache object, so one file on disk is the
+stage table, the tracked file and the cache object. DVC marks such files read-only;
 the stages replace their outputs atomically (a new file, renamed over the old one), so they never
 write into the cache. The project shares the work dir's cache (DVC's `cache.dir`), so publishing
 links the champion's tables into `<project>/data` rather than copying them.
@@ -39,12 +44,13 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import yaml
 
 from pluto.atomic import write_with
 from pluto.errors import PlutoError
+from pluto.tiling.manifest import LOCATION_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +132,57 @@ def _versioned_files(work_dir: Path) -> list[Path]:
     return sorted(files)
 
 
-def snapshot(work_dir: Path) -> Path:
+def _located(path: Path) -> list[str]:
+    """The location columns a versioned table has (none for JSON and location-free tables)."""
+    if path.suffix != ".parquet":
+        return []
+    import pyarrow.parquet as pq
+
+    return [c for c in LOCATION_COLUMNS if c in pq.read_schema(path).names]
+
+
+def _relocate(frame: Any, columns: list[str], move: Callable[[str], str]) -> Any:
+    """`frame` with each location column mapped value by value (once per distinct slide)."""
+    for col in columns:
+        uniques = frame[col].dropna().unique()
+        frame[col] = frame[col].map({v: move(str(v)) for v in uniques})
+    return frame
+
+
+def portable(location: str, data_root: Path) -> str:
+    """A slide location as versioned data stores it: relative to the data root when it lies under it.
+
+    The same slides under another checkout's data root then give the same bytes, so the data
+    version (the DVC hash) names the data, not the machine. URIs (s3://) and paths outside the
+    root are kept as they are."""
+    if "://" in location or not os.path.isabs(location):
+        return location
+    for root in (Path(os.path.abspath(data_root)), Path(data_root).resolve()):
+        if Path(location).is_relative_to(root):
+            return Path(location).relative_to(root).as_posix()
+    return location
+
+
+def anchored(location: str, data_root: Path) -> str:
+    """The inverse of `portable` on this machine; a stored location that climbs out of the root is refused."""
+    if "://" in location or os.path.isabs(location):
+        return location
+    if ".." in Path(location).parts:
+        raise PlutoError(f"{location}: a versioned slide location leaves the data root {data_root}; refusing it")
+    return str(Path(os.path.abspath(data_root)) / location)
+
+
+def _write_relocated(src: Path, dest: Path, columns: list[str], move: Callable[[str], str]) -> None:
+    import pandas as pd
+
+    frame = _relocate(pd.read_parquet(src), columns, move)
+    write_with(dest, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def snapshot(work_dir: Path, data_root: Path | None = None) -> Path:
     """Rebuild `work_dir/data/` from the current tables (atomically: tmp dir, then rename): hard links
-    of the stage tables, and the catalog without its run-time columns."""
+    of the stage tables, the catalog without its run-time columns, and (with `data_root`) the tables
+    that name slide locations rewritten with `portable` ones."""
     import pandas as pd
 
     work_dir = Path(work_dir).resolve()
@@ -140,9 +194,16 @@ def snapshot(work_dir: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     df = pd.read_parquet(catalog)
-    df.drop(columns=[c for c in VOLATILE_COLUMNS if c in df.columns]).to_parquet(tmp / "catalog.parquet", index=False)
+    df = df.drop(columns=[c for c in VOLATILE_COLUMNS if c in df.columns])
+    if data_root is not None:
+        df = _relocate(df, _located(catalog), lambda v: portable(v, data_root))
+    df.to_parquet(tmp / "catalog.parquet", index=False)
     for src in _versioned_files(work_dir):
-        _link(src, tmp / src.relative_to(work_dir))
+        columns = _located(src) if data_root is not None else []
+        if columns:
+            _write_relocated(src, tmp / src.relative_to(work_dir), columns, lambda v: portable(v, data_root))
+        else:
+            _link(src, tmp / src.relative_to(work_dir))
     old = work_dir / f".{SNAPSHOT}.old"
     shutil.rmtree(old, ignore_errors=True)
     if dest.exists():
@@ -219,29 +280,41 @@ def _remote_url(work_dir: Path) -> str:
         return repo.config["remote"][REMOTE_NAME]["url"]
 
 
-def commit_data(work_dir: Path, remote_url: str, endpoint_url: str | None = None, push: bool = True) -> DataVersion:
-    """Snapshot the tables, `dvc add` them and (by default) `dvc push` them; return the version."""
+def commit_data(work_dir: Path, remote_url: str, endpoint_url: str | None = None, push: bool = True,
+                data_root: Path | None = None) -> DataVersion:
+    """Snapshot the tables, `dvc add` them and (by default) `dvc push` them; return the version.
+
+    `data_root` (`paths.data_root`): slide locations under it are versioned relative to it."""
     work_dir = Path(work_dir).resolve()
     init_repo(work_dir, remote_url, endpoint_url)
-    snapshot(work_dir)
+    snapshot(work_dir, data_root)
     with _repo(work_dir) as repo:
         repo.add(str(work_dir / SNAPSHOT))
         if push:
             repo.push()
-    link_tables(work_dir)  # a table whose bytes the cache already held is still a file of its own
+    link_tables(work_dir, data_root=data_root)  # a table whose bytes the cache already held is still a file of its own
     version = read_version(work_dir)
     log.info("data version %s (%d files, %d bytes) -> %s", version.md5, version.nfiles, version.bytes, remote_url)
     return version
 
 
-def link_tables(work_dir: Path, catalog: bool = False) -> None:
-    """Point the stage locations (qc/, tiles/; catalog.parquet too with `catalog`) at the tracked files in `data/`."""
+def link_tables(work_dir: Path, catalog: bool = False, data_root: Path | None = None) -> None:
+    """Point the stage locations (qc/, tiles/; catalog.parquet too with `catalog`, as a restore does)
+    at the tracked files in `data/`.
+
+    With `data_root`, a table that names slide locations is versioned in its portable form, so the
+    stage keeps its own file; a restore writes it with this machine's locations (`anchored`)."""
     work_dir = Path(work_dir).resolve()
     src_root = work_dir / SNAPSHOT
     for src in sorted(p for p in src_root.rglob("*") if p.is_file()):
         rel = src.relative_to(src_root)
-        if catalog or rel != Path("catalog.parquet"):
+        if not catalog and rel == Path("catalog.parquet"):
+            continue
+        columns = _located(src) if data_root is not None else []
+        if not columns:
             _link(src, work_dir / rel)
+        elif catalog:
+            _write_relocated(src, work_dir / rel, columns, lambda v: anchored(v, data_root))
 
 
 def dvc_file_md5(dvc_file: Path) -> str:
@@ -259,12 +332,12 @@ def dvc_file_md5(dvc_file: Path) -> str:
 
 
 def checkout_data(work_dir: Path, dvc_file: Path, remote_url: str, endpoint_url: str | None = None,
-                  md5: str | None = None) -> DataVersion:
+                  md5: str | None = None, data_root: Path | None = None) -> DataVersion:
     """Restore the data version `dvc_file` names from the remote into `work_dir` (a fresh dir works).
 
     `dvc_file` is a `data.dvc` as DVC wrote it (the retrain logs it on its run), restored unchanged;
     no pointer is ever made up from an md5. `md5`: the version a model records; a file naming other
-    data is refused.
+    data is refused. `data_root`: where this machine keeps the slides the version names relative to it.
     """
     recorded = dvc_file_md5(dvc_file)
     if md5 is not None and recorded != (md5 if md5.endswith(".dir") else f"{md5}.dir"):
@@ -280,7 +353,7 @@ def checkout_data(work_dir: Path, dvc_file: Path, remote_url: str, endpoint_url:
         except DvcException as exc:
             raise PlutoError(f"data version {recorded}: the DVC remote {remote_url} does not have it ({type(exc).__name__}: {exc}); "
                              "was it pushed to another remote, or the store removed?") from exc
-    link_tables(work_dir, catalog=True)
+    link_tables(work_dir, catalog=True, data_root=data_root)
     log.info("data version %s restored into %s", recorded, work_dir)
     return read_version(work_dir)
 

@@ -31,6 +31,7 @@ from pluto.slides import SlideInfo, TileSpec, slide_info
 from pluto.slides.geometry import MPP_REL_TOL
 from pluto.tiling.geometry import SpecPlan, boxes, centred_origins, grid_origins, plan_spec
 from pluto.tiling.manifest import (
+    LOCATION_COLUMNS,
     SPEC_FILE,
     SUMMARY_FILE,
     ShardWriter,
@@ -167,7 +168,8 @@ def tile_slide(
             plans[spec] = plan
         else:
             summary.append({**base, "mpp": spec.mpp, "tile_px": spec.tile_px, "level": -1, "read_px": 0,
-                            "n_candidates": 0, "n_tiles": 0, "reason": plan[0], "detail": plan[1]})
+                            "n_candidates": 0, "n_tiles": 0, "reason": plan[0],
+                            "detail": plan[1].removeprefix(f"{info.path}: ")})  # the row's `path` names the slide
     parts: list[pd.DataFrame] = []
     counts: dict[TileSpec, tuple[int, int]] = {}
     if mode == "grid":
@@ -307,7 +309,7 @@ def tile_cohort(
             "mode": mode,
             "settings": {"regions_per_slide": regions_per_slide, "shard_rows": shard_rows, "seed": seed,
                          "mpp_rel_tol": rel_tol, **tile_filter.to_dict()},
-            "catalog_sha256": table_hash(catalog, drop=("ingested_at",)),
+            "catalog_sha256": table_hash(catalog, drop=("ingested_at", *LOCATION_COLUMNS)),
             "qc_sha256": qc_hash.hexdigest(),
             "manifest_sha256": manifest_hash,
             "n_rows": writer.n_rows,

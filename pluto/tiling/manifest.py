@@ -46,6 +46,9 @@ def empty_manifest() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in MANIFEST_DTYPES.items()})
 
 
+LOCATION_COLUMNS = ("uri", "path")  # where a slide lies on this machine, not what it is: content hashes leave them out
+
+
 def table_hash(df: pd.DataFrame, *, drop: tuple[str, ...] = ()) -> str:
     """Content hash of a table (column names + values, row order as given), hex sha256."""
     kept = df.drop(columns=[c for c in drop if c in df.columns])
@@ -92,7 +95,7 @@ class ShardWriter:
         shard, rest = data.iloc[:n].reset_index(drop=True), data.iloc[n:]
         self.gate(shard)
         shard.to_parquet(self.out_dir / f"part-{self.n_shards:05d}.parquet", index=False)
-        self._hash.update(table_hash(shard).encode())
+        self._hash.update(table_hash(shard, drop=LOCATION_COLUMNS).encode())
         self.n_shards += 1
         self.n_rows += len(shard)
         self._buffer = [rest] if len(rest) else []

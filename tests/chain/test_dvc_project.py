@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,48 @@ def test_promotion_points_the_projects_data_dvc_at_the_champion_and_a_clone_pull
     subprocess.run([DVC, "pull"], cwd=clone, check=True, capture_output=True)
     assert table_hash(clone / "data" / "catalog.parquet") == table_hash(work / "data" / "catalog.parquet")
     assert (clone / "data/tiles/part-00000.parquet").read_bytes() == (work / "tiles/part-00000.parquet").read_bytes()
+
+
+def test_the_same_slides_under_another_checkouts_data_root_give_the_same_data_version(cmu_svs, tmp_path):
+    """A fresh clone (CI's, a colleague's) keeps the slides elsewhere; its data version must still match."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from pluto.cli import app
+
+    store = (tmp_path / "stores" / "dvc").as_uri()
+    versions, dirs = [], {}
+    for clone in ("here", "there"):
+        root, work = tmp_path / clone / "shared" / "data", tmp_path / clone / "work"
+        (root / "wsi").mkdir(parents=True)
+        shutil.copyfile(cmu_svs, root / "wsi" / cmu_svs.name)
+        env = {"PLUTO_PATHS__DATA_ROOT": str(root), "PLUTO_PATHS__WORK_DIR": str(work)}
+        for args in (["ingest", str(root / "wsi"), "--out", str(work)], ["qc", "--work", str(work)], ["tile", "--work", str(work)]):
+            done = CliRunner().invoke(app, args, env=env)
+            assert done.exit_code == 0, done.output[-2000:] + repr(done.exception)
+        versions.append(commit_data(work, store, data_root=root))
+        dirs[clone] = root, work
+    assert versions[0].md5 == versions[1].md5  # the version names the data, not where this clone keeps it
+
+    root, work = dirs["there"]
+    stage, tracked = (pd.read_parquet(work / p / "tiles" / "part-00000.parquet")["path"].unique().tolist() for p in ("", "data"))
+    assert stage == [str(root / "wsi" / cmu_svs.name)] and tracked == [f"wsi/{cmu_svs.name}"]  # stages keep this machine's paths
+    assert pd.read_parquet(work / "data" / "catalog.parquet")["uri"].tolist() == [f"wsi/{cmu_svs.name}"]
+
+    elsewhere_root, fresh = tmp_path / "third" / "data", tmp_path / "third" / "work"  # a restore anchors them to its own root
+    assert checkout_data(fresh, work / "data.dvc", store, data_root=elsewhere_root).md5 == versions[0].md5
+    for table in ("catalog.parquet", "tiles/part-00000.parquet", "tiles/tiling_summary.parquet"):
+        assert pd.read_parquet(fresh / table)["path"].unique().tolist() == [str(elsewhere_root / "wsi" / cmu_svs.name)], table
+    assert table_hash(fresh / "catalog.parquet", drop_columns=("uri", "path")) == table_hash(work / "catalog.parquet",
+                                                                                              drop_columns=("ingested_at", "uri", "path"))
+
+
+def test_a_versioned_location_that_climbs_out_of_the_data_root_is_refused(tmp_path):
+    from pluto.data_version import anchored, portable
+
+    root = tmp_path / "data"
+    assert portable(str(root / "wsi" / "a.svs"), root) == "wsi/a.svs"
+    assert portable("s3://bucket/a.svs", root) == "s3://bucket/a.svs" and portable("/elsewhere/a.svs", root) == "/elsewhere/a.svs"
+    assert anchored("wsi/a.svs", root) == str(root / "wsi" / "a.svs")
+    with pytest.raises(PlutoError, match="leaves the data root"):
+        anchored("../../etc/passwd", root)
