@@ -54,6 +54,7 @@ class ClusterSpec:
     pvc: str = "pluto-shared"
     rdma_resource: str = "rdma/rdma_shared_device_a"
     s3_secret: str = ""  # Kubernetes secret with AWS_* variables, when data/checkpoints live on S3
+    mlflow_secret: str = ""  # Kubernetes secret with MLFLOW_TRACKING_USERNAME/PASSWORD, for a server behind a login
     partition: str = "gpu"
     time_limit: str = "72:00:00"
     setup: str = "source .venv/bin/activate"  # Slurm: shell line that makes `torchrun` and pluto available

@@ -44,7 +44,8 @@ def write_run_config(cfg: TrainConfig) -> Path:
 
 def _values(cfg: TrainConfig, config_path: str) -> dict[str, object]:
     c = cfg.cluster
-    env_from = f"[{{secretRef: {{name: {c.s3_secret}}}}}]" if c.s3_secret else "[]"
+    # PyTorchJob pods take credentials from Kubernetes secrets by reference, never inline in the manifest
+    env_from = "[" + ", ".join(f"{{secretRef: {{name: {name}}}}}" for name in (c.s3_secret, c.mlflow_secret) if name) + "]"
     return {
         **c.to_dict(), "cpus_per_node": c.cpus_per_gpu * c.gpus_per_node, "workers": c.nodes - 1,
         "run_dir": cfg.run_dir, "config_path": config_path, "env_from": env_from,
