@@ -111,3 +111,20 @@ def test_thumbnail(cmu_svs: Path, pyramids: dict[str, Path]) -> None:
     thumb, ds = read_thumbnail(pyramids["odd"], 2.0)  # served by level 3 without resizing
     assert thumb.shape == (371, 277, 3) or thumb.shape == (371, 278, 3)
     assert ds == pytest.approx(8.0, rel=0.01)
+
+
+@pytest.mark.parametrize("w, h", [(555, 740), (370, 493), (138, 185)])  # ratio 4 exactly, ~6, ~16
+def test_block_reduced_level_matches_one_whole_level_resize(tmp_path: Path, cmu_rgb: np.ndarray, w: int, h: int) -> None:
+    """Thumbnails are built from 256-px blocks (many here: level 0 is 2220 x 2960); the result is one
+    area resize of the whole level: equal for an integer ratio, close otherwise."""
+    from pluto.slides import write_pyramid
+    from pluto.slides.reader import reduce_level
+
+    level0 = np.ascontiguousarray(cmu_rgb[:2960])
+    whole = cv2.resize(level0, (w, h), interpolation=cv2.INTER_AREA)
+    with open_slide(write_pyramid(tmp_path / "one.tiff", level0, 0.25, 1, compression="zlib")) as handle:
+        blocks = reduce_level(handle, 0, w, h, block_px=256)
+    assert blocks.shape == whole.shape
+    if w == 555:
+        assert np.array_equal(blocks, whole)
+    assert _mae(blocks, whole) < 1.0  # detail inside a box of a quarter output px is treated as uniform
