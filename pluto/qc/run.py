@@ -38,11 +38,13 @@ REASONS = ("no_tissue", "pen", "fold", "bubble", "blur", "hsv")  # precedence or
 _BATCH = 64
 
 
-def cell_grid(width: int, height: int, cell_l0: int) -> np.ndarray:
-    """(N, 4) int64 level-0 boxes [x, y, w, h] of square cells covering the slide, row-major."""
-    ys, xs = np.meshgrid(np.arange(0, height, cell_l0), np.arange(0, width, cell_l0), indexing="ij")
+def cell_grid(width: int, height: int, cell_w_l0: int, cell_h_l0: int | None = None) -> np.ndarray:
+    """(N, 4) int64 level-0 boxes [x, y, w, h] of cells covering the slide, row-major. Cells are
+    square in um: `cell_h_l0` differs from `cell_w_l0` only on a slide whose pixels are not square."""
+    cell_h_l0 = cell_w_l0 if cell_h_l0 is None else cell_h_l0
+    ys, xs = np.meshgrid(np.arange(0, height, cell_h_l0), np.arange(0, width, cell_w_l0), indexing="ij")
     x, y = xs.ravel(), ys.ravel()
-    return np.stack([x, y, np.minimum(cell_l0, width - x), np.minimum(cell_l0, height - y)], axis=1).astype(np.int64)
+    return np.stack([x, y, np.minimum(cell_w_l0, width - x), np.minimum(cell_h_l0, height - y)], axis=1).astype(np.int64)
 
 
 def _pixel_scores(tiles: list[np.ndarray], hsv_on: bool, params: QCParams) -> tuple[np.ndarray, np.ndarray]:
@@ -118,11 +120,12 @@ def qc_slide(
     hsv_on = params.applies_hsv(stain)
     handle = get_handle(path, mpp_override)
     info = handle.info
+    mpp_x, mpp_y = info.mpp_xy
     thumb_mpp = max(params.thumb_mpp, info.mpp)
     thumb, downsample = read_thumbnail(handle, thumb_mpp)
     tissue = tissue_mask(
         thumb,
-        info.mpp * downsample,
+        (mpp_x * downsample, mpp_y * downsample),
         min_saturation=params.tissue_min_saturation,
         max_hole_um2=params.tissue_max_hole_um2,
         min_component_um2=params.tissue_min_component_um2,
@@ -133,8 +136,9 @@ def qc_slide(
     write_npz(d / "masks.npz", **masks, downsample=np.float64(downsample))
 
     cell_mpp = max(params.cell_mpp, info.mpp)
-    cell_l0 = max(1, int(round(params.cell_um / info.mpp)))
-    boxes = cell_grid(info.width, info.height, cell_l0)
+    cell_l0 = max(1, int(round(params.cell_um / mpp_x)))
+    cell_h_l0 = max(1, int(round(params.cell_um / mpp_y)))
+    boxes = cell_grid(info.width, info.height, cell_l0, cell_h_l0)
     cells = pd.DataFrame(
         {
             "slide_id": slide_id,
@@ -151,13 +155,13 @@ def qc_slide(
     cells["blur_var"] = np.nan
     candidates = np.flatnonzero(cells["tissue_frac"].to_numpy() >= params.min_tissue_frac)
     if candidates.size:
-        read_px = max(1, int(round(cell_l0 * info.mpp / cell_mpp)))
+        read_px = max(1, int(round(cell_l0 * mpp_x / cell_mpp)))
         tiles = []
         for i in candidates:
             x, y, w, h = boxes[i]
             tile = read_tile(handle, int(x), int(y), cell_mpp, read_px)
-            keep_w = max(1, int(round(w * info.mpp / cell_mpp)))
-            keep_h = max(1, int(round(h * info.mpp / cell_mpp)))
+            keep_w = max(1, int(round(w * mpp_x / cell_mpp)))
+            keep_h = max(1, int(round(h * mpp_y / cell_mpp)))
             tiles.append(tile[:keep_h, :keep_w])
         blur, hsv = _pixel_scores(tiles, hsv_on, params)
         cells.loc[candidates, "blur_var"] = blur

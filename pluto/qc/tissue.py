@@ -19,12 +19,12 @@ import numpy as np
 from pluto.qc.detectors import pen_mask
 
 
-def _odd_kernel(um: float, mpp: float) -> np.ndarray | None:
-    px = int(round(um / mpp))
-    if px < 2:
+def _odd_kernel(um: float, mpp_x: float, mpp_y: float) -> np.ndarray | None:
+    """An ellipse `um` across in both directions (wider in px on the finer axis), None when under 2 px."""
+    px_x, px_y = int(round(um / mpp_x)), int(round(um / mpp_y))
+    if max(px_x, px_y) < 2:
         return None
-    px |= 1
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (px, px))
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(px_x, 1) | 1, max(px_y, 1) | 1))
 
 
 def saturation_threshold(thumb_rgb: np.ndarray, min_saturation: int = 20) -> int:
@@ -61,7 +61,7 @@ def fill_small_holes(mask: np.ndarray, max_hole_px: int) -> np.ndarray:
 
 def tissue_mask(
     thumb_rgb: np.ndarray,
-    mpp: float,
+    mpp: float | tuple[float, float],
     *,
     min_saturation: int = 20,
     close_um: float = 50.0,
@@ -69,17 +69,19 @@ def tissue_mask(
     max_hole_um2: float = 1.0e5,
     min_component_um2: float = 1.0e5,
 ) -> np.ndarray:
-    """Bool H x W tissue mask of an RGB uint8 thumbnail whose pixels are `mpp` um wide."""
+    """Bool H x W tissue mask of an RGB uint8 thumbnail whose pixels are `mpp` um wide, or
+    (mpp_x, mpp_y) um wide and tall (a slide whose pixels are not square)."""
     if thumb_rgb.ndim != 3 or thumb_rgb.shape[2] != 3 or thumb_rgb.dtype != np.uint8:
         raise ValueError(f"thumbnail must be H x W x 3 uint8, got {thumb_rgb.shape} {thumb_rgb.dtype}")
     sat = cv2.cvtColor(np.ascontiguousarray(thumb_rgb), cv2.COLOR_RGB2HSV)[..., 1]
     mask = (sat > saturation_threshold(thumb_rgb, min_saturation)).astype(np.uint8)
-    closing = _odd_kernel(close_um, mpp)
+    mpp_x, mpp_y = (mpp, mpp) if np.isscalar(mpp) else mpp
+    closing = _odd_kernel(close_um, mpp_x, mpp_y)
     if closing is not None:
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, closing)
-    opening = _odd_kernel(open_um, mpp)
+    opening = _odd_kernel(open_um, mpp_x, mpp_y)
     if opening is not None:
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, opening)
-    px_area = mpp * mpp
+    px_area = mpp_x * mpp_y
     out = fill_small_holes(mask.astype(bool), int(max_hole_um2 / px_area))
     return drop_small_components(out, int(min_component_um2 / px_area))

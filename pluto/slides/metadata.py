@@ -40,16 +40,23 @@ class SlideInfo:
 
     @property
     def mpp(self) -> float:
-        """Mean of mpp_x and mpp_y (um per level-0 px); raises SlideError(no_mpp) when unknown."""
+        """The coarser axis's um per level-0 px: the finest resolution a read serves without upsampling
+        either axis (tile geometry itself uses `mpp_xy`). Raises SlideError(no_mpp) when unknown."""
+        return max(self.mpp_xy)
+
+    @property
+    def mpp_xy(self) -> tuple[float, float]:
+        """(mpp_x, mpp_y) um per level-0 px; raises SlideError(no_mpp) when unknown."""
         if self.mpp_x is None or self.mpp_y is None:
             raise SlideError(self.path, QuarantineReason.no_mpp, "no MPP in header and no override")
-        return (self.mpp_x + self.mpp_y) / 2.0
+        return self.mpp_x, self.mpp_y
 
     @property
     def levels(self) -> int:
         return len(self.level_dims)
 
     def level_mpp(self, level: int) -> float:
+        """The coarser axis's um/px at `level`."""
         return self.mpp * self.level_downsamples[level]
 
     def to_dict(self) -> dict[str, Any]:

@@ -32,7 +32,7 @@ def resize_area(rgb: np.ndarray, w: int, h: int) -> np.ndarray:
 
 def read_request(handle: SlideHandle, req: TileRequest) -> np.ndarray:
     """Execute a planned read: (tile_px, tile_px, 3) uint8 RGB."""
-    region = handle.read_level(req.level, req.x_lv, req.y_lv, req.read_px, req.read_px)
+    region = handle.read_level(req.level, req.x_lv, req.y_lv, req.read_w, req.read_h)
     return resize_area(region, req.tile_px, req.tile_px)
 
 
@@ -46,8 +46,9 @@ def read_tile(
 ) -> np.ndarray:
     """(tile_px, tile_px, 3) uint8 RGB of the square whose top-left is level-0 (x_l0, y_l0) at `mpp` um/px.
 
-    The square covers `tile_px * mpp / info.mpp` level-0 px. Raises PlutoError when `mpp` is finer
-    than native by more than `rel_tol`, SlideError(unreadable) when the pixels cannot be decoded.
+    The square covers `tile_px * mpp / mpp_x` level-0 px across and `tile_px * mpp / mpp_y` down.
+    Raises PlutoError when `mpp` is finer than native on either axis by more than `rel_tol`,
+    SlideError(unreadable) when the pixels cannot be decoded.
     """
     handle = _handle(path_or_handle)
     return read_request(handle, plan_read(handle.info, x_l0, y_l0, mpp, tile_px, rel_tol))
@@ -57,6 +58,9 @@ def read_thumbnail(
     path_or_handle: str | Path | SlideHandle, mpp: float, rel_tol: float = MPP_REL_TOL
 ) -> tuple[np.ndarray, float]:
     """Whole slide at `mpp` um/px: (RGB H x W x 3 uint8, downsample = level-0 px per thumbnail px).
+
+    One downsample on both axes, so `mpp` is reached on the coarser axis (`info.mpp`); on a slide
+    whose pixels are not square the thumbnail's are not either ((mpp_x, mpp_y) x downsample um).
 
     Built from the pyramid (never from the slide's associated thumbnail/label/macro images), block by
     block (`reduce_level`), so a single-level 100k-px slide costs a few blocks of memory, not its level.

@@ -29,7 +29,7 @@ def _slide_failures(rows: pd.DataFrame, info: SlideInfo, rel_tol: float) -> list
             continue
         x, y = spec_rows["x_l0"].to_numpy(np.int64), spec_rows["y_l0"].to_numpy(np.int64)
         for k in np.flatnonzero(~fits_on_slide(info, plan, x, y)):
-            out.append((int(spec_rows.index[k]), f"{info.path}: tile at ({x[k]}, {y[k]}) with a {plan.footprint_l0}-px "
+            out.append((int(spec_rows.index[k]), f"{info.path}: tile at ({x[k]}, {y[k]}) with a {plan.footprint_w}x{plan.footprint_h}-px "
                         f"footprint ({mpp:g} um/px, {tile_px} px) is outside the slide's {info.width}x{info.height} level-0 px"))
     return out
 

@@ -22,7 +22,7 @@ def test_value_objects_round_trip() -> None:
     spec = TileSpec(mpp=0.5, tile_px=224)
     assert spec.field_um == pytest.approx(112.0)
     assert TileSpec.from_dict(spec.to_dict()) == spec
-    req = TileRequest(x_l0=10, y_l0=20, level=1, x_lv=5, y_lv=10, read_px=225, tile_px=224)
+    req = TileRequest(x_l0=10, y_l0=20, level=1, x_lv=5, y_lv=10, read_w=225, read_h=225, tile_px=224)
     assert TileRequest.from_dict(req.to_dict()) == req
 
 
