@@ -123,17 +123,17 @@ def slide_grid(slide: Path, mpp: float, tile_px: int):
 
     from pluto.slides import TileSpec, slide_info
     from pluto.tiling.geometry import grid_origins, plan_spec
-    from pluto.tiling.manifest import MANIFEST_DTYPES
+    from pluto.tiling.manifest import to_manifest
 
     info = slide_info(str(slide))
     plan = plan_spec(info, TileSpec(mpp, tile_px))
     xy = grid_origins(info, plan)
     n = len(xy)
-    return pd.DataFrame({
+    return to_manifest(pd.DataFrame({
         "slide_id": slide.stem, "path": str(slide), "level": plan.level, "x_l0": xy[:, 0], "y_l0": xy[:, 1], "mpp": mpp,
         "tile_px": tile_px, "read_px": plan.read_px, "region_id": np.arange(n), "tissue_frac": 1.0, "pen_frac": 0.0,
         "fold_frac": 0.0, "bubble_frac": 0.0, "mpp_override": np.nan,
-    }).astype(MANIFEST_DTYPES)
+    }))
 
 
 def data_step_rate(args, cfg: SSLConfig, full_step, device: torch.device) -> dict:

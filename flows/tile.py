@@ -44,12 +44,13 @@ def tile_flow(config: dict[str, Any] | None = None, parent_run_id: str | None = 
     s = resolve(config)
     t = s.tiling
     store = s.paths.work_dir / ".fanout" / "tiles"
-    config_hash = s.config_hash("tiling", "slides", "seed")
+    config_hash = s.config_hash("tiling", "slides", "qc", "seed")  # qc: the pixel filters' thresholds
     code_hash = code_version("pluto.tiling.cohort")
     options = {
         "mpps": t.mpps, "tile_pxs": t.tile_pxs, "mode": t.mode, "regions_per_slide": t.regions_per_slide,
         "min_tissue": t.min_tissue, "max_pen": t.max_pen, "max_fold": t.max_fold, "max_bubble": t.max_bubble,
         "shard_rows": t.shard_rows, "seed": s.seed, "rel_tol": s.slides.mpp_rel_tol,
+        "pixel_filters": t.pixel_filters, "qc_params": s.qc.to_dict(),
     }
     jobs = []
     for rec in ok_slides(s.paths.catalog):

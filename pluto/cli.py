@@ -93,6 +93,7 @@ def tile(
             s.paths.catalog, s.paths.qc_dir, s.paths.tiles_dir, mpps=t.mpps, tile_pxs=t.tile_pxs, mode=t.mode,
             regions_per_slide=t.regions_per_slide, min_tissue=t.min_tissue, max_pen=t.max_pen, max_fold=t.max_fold,
             max_bubble=t.max_bubble, shard_rows=t.shard_rows, seed=s.seed, rel_tol=s.slides.mpp_rel_tol,
+            pixel_filters=t.pixel_filters, qc_params=s.qc,
             on_progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     per_spec = summary.groupby(["mpp", "tile_px"])["n_tiles"].sum()

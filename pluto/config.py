@@ -92,6 +92,7 @@ class TilingSettings(_Section):
     max_pen: float = Field(0.1, ge=0, le=1)  # artifact area fractions, as QCParams
     max_fold: float = Field(0.25, ge=0, le=1)
     max_bubble: float = Field(0.25, ge=0, le=1)
+    pixel_filters: bool = True  # Midnight's HSV and foreground rules and the blur check on each tile's own pixels
     shard_rows: int = Field(1_000_000, ge=1)
 
 

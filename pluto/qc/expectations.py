@@ -24,6 +24,7 @@ QC_COLUMNS = (
 )  # fmt: skip
 MANIFEST_COLUMNS = (
     "slide_id", "path", "level", "x_l0", "y_l0", "mpp", "tile_px", "read_px", "region_id", *_FRACTIONS,
+    "hsv_frac", "fg_frac", "blur_var",  # the tile's own pixel scores (NaN when tiling ran without pixel filters)
 )  # fmt: skip
 QC_REASONS = ("", "no_tissue", "pen", "fold", "bubble", "blur", "hsv")
 
@@ -143,6 +144,7 @@ def validate_manifest(df: pd.DataFrame, mpp_range: tuple[float, float] = MPP_RAN
             *[e.ExpectColumnValuesToBeBetween(column=c, min_value=0) for c in ("x_l0", "y_l0", "level", "region_id")],
             e.ExpectColumnValuesToBeBetween(column="mpp", min_value=mpp_range[0], max_value=mpp_range[1]),
             *[e.ExpectColumnValuesToBeBetween(column=c, min_value=1) for c in ("tile_px", "read_px")],
-            *_fractions(gx, _FRACTIONS),
+            *_fractions(gx, (*_FRACTIONS, "hsv_frac", "fg_frac")),
+            e.ExpectColumnValuesToBeBetween(column="blur_var", min_value=0),
         ],
     )

@@ -55,15 +55,28 @@ def _as_image(batch: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(batch).reshape(n * h, w, 3)
 
 
+def _fractions(masks: np.ndarray, n: int, h: int, w: int) -> np.ndarray:
+    """Per-tile fraction of non-zero pixels of a stacked (N*H) x W mask."""
+    return np.array([cv2.countNonZero(m) for m in masks.reshape(n, h, w)], dtype=np.float64) / (h * w)
+
+
+def _in_range(hsv: np.ndarray, hsv_range: HSVRange) -> np.ndarray:
+    lo = (hsv_range.h_min, hsv_range.s_min, hsv_range.v_min)
+    hi = (min(hsv_range.h_max, 255), hsv_range.s_max, hsv_range.v_max)
+    return cv2.inRange(hsv, lo, hi)
+
+
+def _laplacian_variance(image: np.ndarray, n: int, h: int, w: int) -> np.ndarray:
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    lap = cv2.Laplacian(grey, cv2.CV_16S).reshape(n, h, w)
+    return np.array([cv2.meanStdDev(t[1:-1, 1:-1])[1][0, 0] ** 2 for t in lap], dtype=np.float64)
+
+
 def hsv_fraction(tiles: np.ndarray, hsv_range: HSVRange = HSVRange()) -> np.ndarray:
     """Fraction of pixels of each tile inside `hsv_range` (float64 array of length N)."""
     batch = _batch(tiles)
     n, h, w, _ = batch.shape
-    hsv = cv2.cvtColor(_as_image(batch), cv2.COLOR_RGB2HSV)
-    lo = (hsv_range.h_min, hsv_range.s_min, hsv_range.v_min)
-    hi = (min(hsv_range.h_max, 255), hsv_range.s_max, hsv_range.v_max)
-    inside = cv2.inRange(hsv, lo, hi).reshape(n, h, w)
-    return np.array([cv2.countNonZero(m) for m in inside], dtype=np.float64) / (h * w)
+    return _fractions(_in_range(cv2.cvtColor(_as_image(batch), cv2.COLOR_RGB2HSV), hsv_range), n, h, w)
 
 
 def blur_variance(tiles: np.ndarray) -> np.ndarray:
@@ -77,6 +90,23 @@ def blur_variance(tiles: np.ndarray) -> np.ndarray:
     n, h, w, _ = batch.shape
     if h < 3 or w < 3:
         raise ValueError(f"tiles must be at least 3 x 3 px for a Laplacian, got {h} x {w}")
-    grey = cv2.cvtColor(_as_image(batch), cv2.COLOR_RGB2GRAY)
-    lap = cv2.Laplacian(grey, cv2.CV_16S).reshape(n, h, w)
-    return np.array([cv2.meanStdDev(t[1:-1, 1:-1])[1][0, 0] ** 2 for t in lap], dtype=np.float64)
+    return _laplacian_variance(_as_image(batch), n, h, w)
+
+
+def tile_scores(tiles: np.ndarray, hsv_range: HSVRange = HSVRange(), min_saturation: int = 20) -> dict[str, np.ndarray]:
+    """The three per-tile pixel scores in one pass (one HSV and one grey conversion of the batch).
+
+    `hsv_frac`: as `hsv_fraction`; `fg_frac`: fraction of pixels more saturated than
+    `min_saturation` (the tissue mask's floor, `QCParams.tissue_min_saturation`: glass is grey or
+    white, stained tissue is not), Midnight's foreground on the tile's own pixels; `blur_var`: as
+    `blur_variance`. Tiling scores every candidate tile with it, so it must keep up with the reads.
+    """
+    batch = _batch(tiles)
+    n, h, w, _ = batch.shape
+    if h < 3 or w < 3:
+        raise ValueError(f"tiles must be at least 3 x 3 px for a Laplacian, got {h} x {w}")
+    image = _as_image(batch)
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    saturated = cv2.inRange(hsv, (0, min_saturation + 1, 0), (255, 255, 255))
+    return {"hsv_frac": _fractions(_in_range(hsv, hsv_range), n, h, w), "fg_frac": _fractions(saturated, n, h, w),
+            "blur_var": _laplacian_variance(image, n, h, w)}

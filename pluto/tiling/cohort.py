@@ -18,10 +18,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,7 @@ from pluto.slides.geometry import MPP_REL_TOL
 from pluto.tiling.geometry import SpecPlan, boxes, centred_origins, grid_origins, plan_spec
 from pluto.tiling.manifest import (
     LOCATION_COLUMNS,
+    SCORE_COLUMNS,
     SPEC_FILE,
     SUMMARY_FILE,
     ShardWriter,
@@ -40,19 +41,21 @@ from pluto.tiling.manifest import (
     table_hash,
     write_json,
 )
+from pluto.tiling.pixels import PixelFilter, score_tiles
 from pluto.tiling.sampling import sample_regions
 
 if TYPE_CHECKING:
-    from pluto.qc import SlideQC
+    from pluto.qc import QCParams, SlideQC
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["grid", "sample"]
 QC_COLUMNS = ("tissue_frac", "pen_frac", "fold_frac", "bubble_frac")
 CELL_FILTER_REJECTS = ("pen", "fold", "bubble", "blur", "hsv")  # QC cell reasons that veto a tile
+CELL_MASK_REJECTS = ("pen", "fold", "bubble")  # those left when the tile's own pixels decide blur and HSV
 SUMMARY_COLUMNS = (
     "slide_id", "path", "mpp", "tile_px", "native_mpp", "level", "read_px",
-    "n_candidates", "n_tiles", "reason", "detail", "slide_status",
+    "n_candidates", "n_pixel_rejected", "n_tiles", "reason", "detail", "slide_status",
 )
 
 
@@ -67,17 +70,18 @@ class TileFilter:
     max_fold: float = 0.25
     max_bubble: float = 0.25
 
-    def passes(self, scores: pd.DataFrame) -> np.ndarray:
+    def passes(self, scores: pd.DataFrame, cell_rejects: tuple[str, ...] = CELL_FILTER_REJECTS) -> np.ndarray:
         """Bool per scored box (columns of SlideQC.score_boxes): fractions in range, and the QC
-        cell at the tile's centre not rejected by a pixel filter. A centre cell dropped only for
-        too little tissue does not veto the tile: the tile's own tissue_frac (exact, over its
-        whole area) decides that, which matters for 2.0 um/px tiles spanning dozens of cells."""
+        cell at the tile's centre not rejected for one of `cell_rejects`. A centre cell dropped only
+        for too little tissue does not veto the tile: the tile's own tissue_frac (exact, over its
+        whole area) decides that, which matters for 2.0 um/px tiles spanning dozens of cells. With
+        pixel filters on (`pluto.tiling.pixels`), the tile's own pixels decide blur and HSV."""
         return (
             (scores["tissue_frac"].to_numpy() >= self.min_tissue)
             & (scores["pen_frac"].to_numpy() <= self.max_pen)
             & (scores["fold_frac"].to_numpy() <= self.max_fold)
             & (scores["bubble_frac"].to_numpy() <= self.max_bubble)
-            & (scores["cell_keep"].to_numpy(dtype=bool) | ~scores["cell_reason"].isin(CELL_FILTER_REJECTS).to_numpy())
+            & (scores["cell_keep"].to_numpy(dtype=bool) | ~scores["cell_reason"].isin(cell_rejects).to_numpy())
         )
 
     def to_dict(self) -> dict[str, float]:
@@ -120,6 +124,7 @@ def usable_mask(qc: SlideQC) -> np.ndarray:
 
 def _rows(slide_id: str, path: str, plan: SpecPlan, origins: np.ndarray, scores: pd.DataFrame,
           region_ids: np.ndarray, mpp_override: float) -> pd.DataFrame:
+    """Manifest rows; `scores` holds the QC mask fractions and, when pixel filters ran, `SCORE_COLUMNS`."""
     n = len(origins)
     return pd.DataFrame({
         "slide_id": [slide_id] * n,
@@ -132,6 +137,7 @@ def _rows(slide_id: str, path: str, plan: SpecPlan, origins: np.ndarray, scores:
         "read_px": np.full(n, plan.read_px),
         "region_id": region_ids,
         **{c: scores[c].to_numpy() for c in QC_COLUMNS},
+        **{c: scores[c].to_numpy() if c in scores else np.full(n, np.nan) for c in SCORE_COLUMNS},
         "mpp_override": np.full(n, mpp_override),
     })
 
@@ -156,8 +162,12 @@ def tile_slide(
     seed: int,
     rel_tol: float = MPP_REL_TOL,
     mpp_override: float | None = None,
+    pixels: tuple[Any, PixelFilter, bool] | None = None,
 ) -> SlideTiles:
-    """Tiles of one slide for every spec (see module doc); `qc` is the slide's `pluto.qc.SlideQC`."""
+    """Tiles of one slide for every spec (see module doc); `qc` is the slide's `pluto.qc.SlideQC`.
+
+    `pixels`: (slide handle, PixelFilter, whether the HSV verdict applies) to score each tile that
+    passes the QC masks on its own pixels (`pluto.tiling.pixels`); None keeps the QC cells' verdict."""
     override = np.nan if mpp_override is None else float(mpp_override)
     plans: dict[TileSpec, SpecPlan] = {}
     summary: list[dict] = []
@@ -168,21 +178,33 @@ def tile_slide(
             plans[spec] = plan
         else:
             summary.append({**base, "mpp": spec.mpp, "tile_px": spec.tile_px, "level": -1, "read_px": 0,
-                            "n_candidates": 0, "n_tiles": 0, "reason": plan[0],
+                            "n_candidates": 0, "n_pixel_rejected": 0, "n_tiles": 0, "reason": plan[0],
                             "detail": plan[1].removeprefix(f"{info.path}: ")})  # the row's `path` names the slide
+
+    def select(plan: SpecPlan, origins: np.ndarray) -> tuple[np.ndarray, pd.DataFrame, int]:
+        """(kept row indices into `origins`, their scores, tiles the pixel filters rejected)."""
+        scores = qc.score_boxes(boxes(origins, plan))
+        kept = np.flatnonzero(tile_filter.passes(scores, CELL_FILTER_REJECTS if pixels is None else CELL_MASK_REJECTS))
+        scores = scores.iloc[kept].reset_index(drop=True)
+        if pixels is None:
+            return kept, scores, 0
+        handle, pixel_filter, hsv_on = pixels
+        scores = pd.concat([scores, score_tiles(handle, origins[kept], plan.mpp, plan.tile_px, pixel_filter, rel_tol)], axis=1)
+        ok = pixel_filter.passes(scores, hsv_on)
+        return kept[ok], scores[ok].reset_index(drop=True), int((~ok).sum())
+
     parts: list[pd.DataFrame] = []
-    counts: dict[TileSpec, tuple[int, int]] = {}
+    counts: dict[TileSpec, tuple[int, int, int]] = {}
     if mode == "grid":
         next_region = 0
         for spec, plan in plans.items():
             origins = grid_origins(info, plan)
-            scores = qc.score_boxes(boxes(origins, plan))
-            ok = tile_filter.passes(scores)
-            n = int(ok.sum())
-            parts.append(_rows(slide_id, info.path, plan, origins[ok], scores[ok],
+            kept, scores, rejected = select(plan, origins)
+            n = len(kept)
+            parts.append(_rows(slide_id, info.path, plan, origins[kept], scores,
                                np.arange(next_region, next_region + n), override))
             next_region += n
-            counts[spec] = (len(origins), n)
+            counts[spec] = (len(origins), rejected, n)
     elif mode == "sample":
         rng = np.random.default_rng(slide_seed(seed, slide_id))
         regions = sample_regions(usable_mask(qc), qc.downsample, regions_per_slide, int(rng.integers(2**63)))
@@ -192,17 +214,16 @@ def tile_slide(
             mine = np.flatnonzero(region_px == spec.tile_px)
             origins, inside = centred_origins(info, plan, regions.centres_l0[mine])
             mine, origins = mine[inside], origins[inside]
-            scores = qc.score_boxes(boxes(origins, plan))
-            ok = tile_filter.passes(scores)
-            parts.append(_rows(slide_id, info.path, plan, origins[ok], scores[ok], mine[ok], override))
-            counts[spec] = (int(inside.size), int(ok.sum()))
+            kept, scores, rejected = select(plan, origins)
+            parts.append(_rows(slide_id, info.path, plan, origins[kept], scores, mine[kept], override))
+            counts[spec] = (int(inside.size), rejected, len(kept))
     else:
         raise PlutoError(f"tiling mode must be 'grid' or 'sample', got {mode!r}")
     rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     for spec, plan in plans.items():
-        n_cand, n_tiles = counts[spec]
+        n_cand, n_rejected, n_tiles = counts[spec]
         summary.append({**base, "mpp": spec.mpp, "tile_px": spec.tile_px, "level": plan.level, "read_px": plan.read_px,
-                        "n_candidates": n_cand, "n_tiles": n_tiles,
+                        "n_candidates": n_cand, "n_pixel_rejected": n_rejected, "n_tiles": n_tiles,
                         "reason": "" if n_tiles else QuarantineReason.no_tiles.value, "detail": ""})
     status = "ok" if len(rows) else f"flagged: {QuarantineReason.no_tiles.value}"
     for s in summary:
@@ -223,7 +244,7 @@ def _qc_digest(qc: SlideQC) -> str:
 def _skipped(slide_id: str, path: str, specs: Sequence[TileSpec], reason: str, detail: str) -> list[dict]:
     return [
         {"slide_id": slide_id, "path": path, "mpp": s.mpp, "tile_px": s.tile_px, "native_mpp": np.nan,
-         "level": -1, "read_px": 0, "n_candidates": 0, "n_tiles": 0,
+         "level": -1, "read_px": 0, "n_candidates": 0, "n_pixel_rejected": 0, "n_tiles": 0,
          "reason": reason, "detail": detail, "slide_status": f"flagged: {reason}"}
         for s in specs
     ]
@@ -249,6 +270,8 @@ def tile_cohort(
     shard_rows: int = 1_000_000,
     seed: int = 0,
     rel_tol: float = MPP_REL_TOL,
+    pixel_filters: bool = True,
+    qc_params: QCParams | Mapping[str, Any] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Tile every `ok` slide of the catalog; write `out_dir` (manifest shards, spec.json,
@@ -257,9 +280,12 @@ def tile_cohort(
     Per-slide problems (unreadable slide, missing QC, no tiles) are recorded in the summary and
     the run goes on; a failed manifest gate (`pluto.qc.validate_manifest`) or any other error
     aborts and leaves the previous `out_dir` untouched. Default regions_per_slide 300 is
-    PLUTO-4's 165M regions / 551,164 WSIs.
+    PLUTO-4's 165M regions / 551,164 WSIs. `pixel_filters`: score each tile on its own pixels
+    (`pluto.tiling.pixels`) with `qc_params`' HSV range, blur and saturation thresholds and
+    `min_tissue` as the foreground fraction (both are Midnight's 40%).
     """
-    from pluto.qc import load_qc, validate_manifest
+    from pluto.qc import QCParams, load_qc, validate_manifest
+    from pluto.slides import get_handle
 
     if mode not in ("grid", "sample"):
         raise PlutoError(f"tiling mode must be 'grid' or 'sample', got {mode!r}")
@@ -272,6 +298,9 @@ def tile_cohort(
     if not specs:
         raise PlutoError(f"{out_dir}: no tile specs (mpps={list(mpps)}, tile_pxs={list(tile_pxs)})")
     tile_filter = TileFilter(min_tissue, max_pen, max_fold, max_bubble)
+    params = qc_params if isinstance(qc_params, QCParams) else QCParams.from_dict(qc_params or {})
+    pixel_filter = PixelFilter(params.hsv_min_frac, min_tissue, params.min_blur_var, params.tissue_min_saturation,
+                               params.hsv) if pixel_filters else None
     tmp = staging_dir(out_dir)
     try:
         writer = ShardWriter(tmp, shard_rows, validate_manifest)
@@ -290,8 +319,10 @@ def tile_cohort(
                 summary += _skipped(slide_id, path, specs, "no_qc", str(exc))
                 continue
             qc_hash.update(_qc_digest(qc).encode())
+            pixels = None if pixel_filter is None else (
+                get_handle(path, _override(rec)), pixel_filter, params.applies_hsv(rec.get("stain")))
             res = tile_slide(slide_id, info, qc, specs, mode=mode, regions_per_slide=regions_per_slide,
-                             tile_filter=tile_filter, seed=seed, rel_tol=rel_tol, mpp_override=_override(rec))
+                             tile_filter=tile_filter, seed=seed, rel_tol=rel_tol, mpp_override=_override(rec), pixels=pixels)
             if len(res.rows):
                 if int(res.rows["region_id"].max()) >= 2**REGION_LOCAL_BITS:
                     raise PlutoError(f"{path}: more than 2**{REGION_LOCAL_BITS} regions in one slide; "
@@ -308,7 +339,8 @@ def tile_cohort(
             "specs": [s.to_dict() for s in specs],
             "mode": mode,
             "settings": {"regions_per_slide": regions_per_slide, "shard_rows": shard_rows, "seed": seed,
-                         "mpp_rel_tol": rel_tol, **tile_filter.to_dict()},
+                         "mpp_rel_tol": rel_tol, **tile_filter.to_dict(),
+                         "pixel_filter": pixel_filter.to_dict() if pixel_filter else None},
             "catalog_sha256": table_hash(catalog, drop=("ingested_at", *LOCATION_COLUMNS)),
             "qc_sha256": qc_hash.hexdigest(),
             "manifest_sha256": manifest_hash,

@@ -34,9 +34,13 @@ MANIFEST_DTYPES: dict[str, str] = {
     "pen_frac": "float32",
     "fold_frac": "float32",
     "bubble_frac": "float32",
+    "hsv_frac": "float32",  # the tile's own pixels (pluto.tiling.pixels); NaN when pixel filters were off
+    "fg_frac": "float32",
+    "blur_var": "float32",
     "mpp_override": "float64",  # the catalog's MPP override of the slide (NaN: header MPP)
 }
 MANIFEST_COLUMNS = tuple(MANIFEST_DTYPES)
+SCORE_COLUMNS = ("hsv_frac", "fg_frac", "blur_var")  # absent (NaN) in manifests written without pixel filters
 SHARD_GLOB = "part-*.parquet"
 SPEC_FILE = "spec.json"
 SUMMARY_FILE = "tiling_summary.parquet"
@@ -44,6 +48,11 @@ SUMMARY_FILE = "tiling_summary.parquet"
 
 def empty_manifest() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in MANIFEST_DTYPES.items()})
+
+
+def to_manifest(rows: pd.DataFrame) -> pd.DataFrame:
+    """`rows` with the manifest's dtypes; pixel scores a manifest predating them (or built by hand) lacks are NaN."""
+    return rows.assign(**{c: float("nan") for c in SCORE_COLUMNS if c not in rows.columns}).astype(MANIFEST_DTYPES)
 
 
 LOCATION_COLUMNS = ("uri", "path")  # where a slide lies on this machine, not what it is: content hashes leave them out
@@ -140,7 +149,7 @@ def read_manifest(manifest_dir: Path | str) -> pd.DataFrame:
     parts = shard_paths(manifest_dir)
     if not parts:
         return empty_manifest()
-    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True).astype(MANIFEST_DTYPES)
+    return to_manifest(pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True))
 
 
 def read_spec(manifest_dir: Path | str) -> dict:
@@ -154,7 +163,7 @@ def read_summary(manifest_dir: Path | str) -> pd.DataFrame:
 def as_manifest(manifest: pd.DataFrame | Path | str) -> pd.DataFrame:
     """Accept a manifest DataFrame or its directory."""
     if isinstance(manifest, pd.DataFrame):
-        missing = set(MANIFEST_COLUMNS) - set(manifest.columns)
+        missing = set(MANIFEST_COLUMNS) - set(manifest.columns) - set(SCORE_COLUMNS)
         if missing:
             raise PlutoError(f"manifest table lacks columns {sorted(missing)}")
         return manifest.reset_index(drop=True)

@@ -15,7 +15,7 @@ from pluto.errors import ValidationGateError
 from pluto.qc import validate_manifest
 from pluto.slides import clear_pool
 from pluto.tiling import TileDataset, TileIterableDataset, export_webdataset
-from pluto.tiling.manifest import MANIFEST_DTYPES, SPEC_FILE
+from pluto.tiling.manifest import SPEC_FILE, to_manifest
 from pluto.train.data import open_rows
 
 CMU_W, CMU_H = 2220, 2967  # level-0 px of the bundled Aperio slide, 0.499 um/px, one level
@@ -29,7 +29,7 @@ def manifest_rows(path: Path, tiles: list[tuple[int, int, float, int]]) -> pd.Da
          "bubble_frac": 0.0, "mpp_override": float("nan")}
         for i, (x, y, mpp, px) in enumerate(tiles)
     ]  # fmt: skip
-    return pd.DataFrame(rows).astype(MANIFEST_DTYPES)
+    return to_manifest(pd.DataFrame(rows))
 
 
 GOOD = [(0, 0, 0.5, 64), (1000, 1200, 1.0, 64), (CMU_W - 65, CMU_H - 65, 0.5, 64)]

@@ -67,6 +67,7 @@ def test_manifest_gate():
     good = pd.DataFrame({
         "slide_id": "a", "path": "/p", "level": 0, "x_l0": [0, 550], "y_l0": 0, "mpp": 0.5, "tile_px": 275,
         "read_px": 275, "region_id": [0, 1], "tissue_frac": 0.9, "pen_frac": 0.0, "fold_frac": 0.0, "bubble_frac": 0.0,
+        "hsv_frac": [0.8, float("nan")], "fg_frac": [0.9, float("nan")], "blur_var": [500.0, float("nan")],
     })
     validate_manifest(good)
     bad = good.assign(y_l0=[-5, 0], mpp=[0.5, 0.001])
@@ -75,5 +76,7 @@ def test_manifest_gate():
     assert {f.split("(")[0] for f in err.value.failures} == {"expect_column_values_to_be_between"}
     assert any("column='y_l0'" in f and "-5" in f for f in err.value.failures)
     assert any("column='mpp'" in f and "0.001" in f for f in err.value.failures)
+    with pytest.raises(ValidationGateError, match="hsv_frac"):
+        validate_manifest(good.assign(hsv_frac=[1.5, 0.5]))
     with pytest.raises(ValidationGateError, match="missing column"):
         validate_manifest(good.drop(columns=["read_px"]))

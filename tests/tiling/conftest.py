@@ -12,7 +12,7 @@ import pytest
 
 from pluto.slides import TileSpec, slide_info
 from pluto.tiling.geometry import grid_origins, plan_spec
-from pluto.tiling.manifest import MANIFEST_DTYPES
+from pluto.tiling.manifest import to_manifest
 
 PYRAMID_NAME = "cmu-pyramid-r3.tiff"
 
@@ -53,7 +53,7 @@ def small_manifest(path: Path, mpp: float = 2.0, tile_px: int = 16) -> pd.DataFr
         "mpp": mpp, "tile_px": tile_px, "read_px": plan.read_px, "region_id": np.arange(n),
         "tissue_frac": 1.0, "pen_frac": 0.0, "fold_frac": 0.0, "bubble_frac": 0.0, "mpp_override": np.nan,
     })
-    return df.astype(MANIFEST_DTYPES)
+    return to_manifest(df)
 
 
 @pytest.fixture(scope="session")

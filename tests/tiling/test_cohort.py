@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from pluto.cli import app
 from pluto.qc import load_qc
+from pluto.qc.filters import tile_scores
 from pluto.slides import TileSpec, plan_read, read_tile, slide_info
 from pluto.tiling import TileDataset, read_manifest, read_spec, read_summary, tile_cohort
 from pluto.tiling.geometry import boxes, plan_spec
@@ -44,7 +45,7 @@ def test_grid_skips_upsampling_and_records_the_reason(grid, catalog):
     assert len(fine) == 2 * len(catalog) and set(fine["reason"]) == {"upsample"}
     assert (fine["n_tiles"] == 0).all() and fine["detail"].str.contains("refusing to upsample").all()
     m = read_manifest(out)
-    assert set(m["mpp"]) == {0.5, 1.0, 2.0}
+    assert {0.5, 1.0} <= set(m["mpp"]) <= {0.5, 1.0, 2.0}  # 2.0 um/px tiles of these small slides may all fail the pixel filters
     assert set(m["slide_id"]) == set(catalog["slide_id"])
     assert (read_summary(out)["reason"] == summary["reason"]).all()
     per_spec = m.groupby(["slide_id", "mpp", "tile_px"]).size()
@@ -68,11 +69,35 @@ def test_grid_tiles_are_inside_on_the_level_grid_and_pass_qc(grid, work_dir):
         scores = load_qc(work_dir / "qc", slide_id).score_boxes(boxes(rows[["x_l0", "y_l0"]].to_numpy(), plan))
         np.testing.assert_allclose(scores["tissue_frac"], rows["tissue_frac"], atol=1e-6)
         assert (rows["tissue_frac"] >= 0.4).all() and (rows["pen_frac"] <= 0.1).all()
-        assert not scores["cell_reason"].isin(["hsv", "blur", "pen", "fold", "bubble"]).any()
+        assert not scores["cell_reason"].isin(["pen", "fold", "bubble"]).any()
+        # blur and HSV are the tile's own: its pixels, read as the loader reads them, pass Midnight's rules
+        own = tile_scores(np.stack([read_tile(path, r.x_l0, r.y_l0, r.mpp, r.tile_px) for r in rows.itertuples()]))
+        for col in ("hsv_frac", "fg_frac", "blur_var"):
+            np.testing.assert_allclose(rows[col], own[col], rtol=1e-5, err_msg=col)
+        assert (own["hsv_frac"] >= 0.6).all() and (own["fg_frac"] >= 0.4).all() and (own["blur_var"] >= 100).all()
 
 
-def test_pyramid_with_odd_level_ratio_reads_coarse_levels(grid, cmu_svs):
-    m = read_manifest(grid[0])
+def test_pixel_filters_reject_tiles_the_qc_cells_let_through(grid, work_dir, tmp_path):
+    """Midnight's filters on each tile's own pixels: a tile the QC cells' verdict kept is dropped only when its own pixels fail."""
+    _, summary = grid
+    loose_summary = _tile(work_dir, tmp_path / "loose", mpps=(0.5, 1.0), tile_pxs=(275,), pixel_filters=False)
+    loose, strict = read_manifest(tmp_path / "loose"), read_manifest(grid[0])
+    assert loose["hsv_frac"].isna().all() and not strict["hsv_frac"].isna().any()
+    key = ["slide_id", "mpp", "tile_px", "x_l0", "y_l0"]
+    strict = strict[strict["tile_px"] == 275].merge(loose[key], on=key)
+    assert len(strict) < len(loose)  # the QC cells' verdict let through tiles that fail on their own pixels
+    dropped = loose.merge(strict[key], on=key, how="left", indicator=True).query("_merge == 'left_only'")
+    own = tile_scores(np.stack([read_tile(r.path, r.x_l0, r.y_l0, r.mpp, r.tile_px) for r in dropped.itertuples()]))
+    assert ((own["hsv_frac"] < 0.6) | (own["fg_frac"] < 0.4) | (own["blur_var"] < 100)).all()
+    per_spec = summary.set_index(["slide_id", "mpp", "tile_px"])
+    for (slide_id, mpp), rows in dropped.groupby(["slide_id", "mpp"]):
+        assert per_spec.loc[(slide_id, mpp, 275), "n_pixel_rejected"] >= len(rows)  # also counts tiles a QC cell vetoed
+    assert (loose_summary["n_pixel_rejected"] == 0).all()
+
+
+def test_pyramid_with_odd_level_ratio_reads_coarse_levels(work_dir, cmu_svs, tmp_path):
+    _tile(work_dir, tmp_path / "coarse", mpps=(2.0,), tile_pxs=(275,), pixel_filters=False)  # the small slides' 2 um/px
+    m = read_manifest(tmp_path / "coarse")  # tiles mostly fail Midnight's HSV rule; this test is about the reads
     pyr = m[m["path"].str.endswith(".tiff")]  # the pyramid written by the fixture
     coarse = pyr[pyr["mpp"] == 2.0]
     assert len(coarse) and (coarse["level"] == 1).all()  # level 1 = 3 x 0.499 um/px
@@ -127,7 +152,7 @@ def test_sampling_budget_shared_centres_and_one_size_per_region(sample, work_dir
     assert m.groupby("region_id")["slide_id"].nunique().max() == 1  # region ids are cohort-unique
     assert m["slide_id"].nunique() == 2
     per_slide = m.groupby("slide_id")["region_id"].nunique()
-    assert (per_slide >= 6).all()  # centres on usable tissue: most regions keep at least one tile
+    assert (per_slide >= 4).all()  # centres on usable tissue: a third of the regions keep a tile past the pixel filters
     assert (m["mpp"] >= 0.5).all()
 
 

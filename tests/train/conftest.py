@@ -23,9 +23,9 @@ def tiles_manifest(tmp_path_factory, cmu_svs) -> Path:
     rows = [dict(slide_id="cmu1", path=str(cmu_svs), level=0, x_l0=x, y_l0=y, mpp=0.5, tile_px=TILE_PX, read_px=TILE_PX,
                  region_id=i, tissue_frac=1.0, pen_frac=0.0, fold_frac=0.0, bubble_frac=0.0, mpp_override=float("nan"))
             for i, (x, y) in enumerate((x, y) for x in xs for y in ys)]
-    from pluto.tiling.manifest import MANIFEST_DTYPES
+    from pluto.tiling.manifest import to_manifest
 
-    pd.DataFrame(rows).astype(MANIFEST_DTYPES).to_parquet(out / "part-00000.parquet", index=False)
+    to_manifest(pd.DataFrame(rows)).to_parquet(out / "part-00000.parquet", index=False)
     (out / "spec.json").write_text(json.dumps({"note": "tests/train fixture grid"}))
     return out
 
