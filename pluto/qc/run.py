@@ -1,6 +1,6 @@
 """Cohort QC: for every `ok` slide of a catalog, masks + per-cell scores + a summary row.
 
-Per slide (outputs in `out_dir/<slide_id>/`, each written atomically):
+Per slide (outputs in `out_dir/<slide_id>/`, published together only after the per-cell gate passed):
 1. thumbnail from the pyramid at `thumb_mpp` (never the label/macro/associated images) -> thumb.png;
 2. tissue mask (Otsu on saturation + morphology) and artifact masks from the detector -> masks.npz
    (bool tissue, pen, fold, bubble + float `downsample`, level-0 px per mask px);
@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +37,7 @@ from pluto.qc.tissue import tissue_mask
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "qc_summary.parquet"
+STAGING_PREFIX = ".staging-"  # run_qc writes `.<out_dir name>.staging-*` beside out_dir first, published after the gate
 REASONS = ("no_tissue", "pen", "fold", "bubble", "blur", "hsv")  # precedence order
 _BATCH = 64
 
@@ -221,6 +225,9 @@ def run_qc(
 ) -> pd.DataFrame:
     """QC every `ok` slide of `catalog_path`; writes `out_dir/<slide_id>/...` and `out_dir/qc_summary.parquet`.
 
+    Every slide's files are written into a staging folder beside `out_dir`, the per-cell gate
+    (`validate_qc`) runs on them there, and only then are they moved into place: a failed gate, or
+    any other error, leaves the previously published QC as it was and nothing of this run visible.
     `detectors` overrides `params.detector` (a callable, or a "module:callable" path). Slides run in
     `params.workers` processes. Returns the summary (one row per QC'd slide).
     """
@@ -233,36 +240,58 @@ def run_qc(
     if not callable(detector):
         load_detector(detector)  # fail fast on a bad dotted path
     ok = catalog[catalog["status"] == "ok"]
-    jobs = [
-        (
-            r.slide_id,
-            r.path,
-            r.stain if isinstance(r.stain, str) else "",
-            float(r.mpp_x) if r.mpp_source == "override" else None,
-            out_dir,
-            params,
-            detector,
-        )
-        for r in ok.itertuples(index=False)
-    ]
-    log.info("qc: %d ok slides of %d in %s", len(jobs), len(catalog), catalog_path)
-    rows: list[dict[str, Any]] = []
-    if params.workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=min(params.workers, len(jobs))) as pool:
-            for row in pool.map(_qc_one, jobs):
-                rows.append(row)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}{STAGING_PREFIX}"))  # same filesystem
+    try:
+        jobs = [
+            (
+                r.slide_id,
+                r.path,
+                r.stain if isinstance(r.stain, str) else "",
+                float(r.mpp_x) if r.mpp_source == "override" else None,
+                stage,
+                params,
+                detector,
+            )
+            for r in ok.itertuples(index=False)
+        ]
+        log.info("qc: %d ok slides of %d in %s", len(jobs), len(catalog), catalog_path)
+        rows: list[dict[str, Any]] = []
+        if params.workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(max_workers=min(params.workers, len(jobs))) as pool:
+                for row in pool.map(_qc_one, jobs):
+                    rows.append(row)
+                    if on_progress is not None:
+                        on_progress(len(rows), len(jobs))
+        else:
+            for job in jobs:
+                rows.append(_qc_one(job))
                 if on_progress is not None:
                     on_progress(len(rows), len(jobs))
-    else:
-        for job in jobs:
-            rows.append(_qc_one(job))
-            if on_progress is not None:
-                on_progress(len(rows), len(jobs))
-    summary = pd.DataFrame(rows, columns=list(_summary("", "", False)))
-    tables = [pd.read_parquet(slide_dir(out_dir, r["slide_id"]) / "qc.parquet") for r in rows if r["n_cells"] > 0]
-    if tables:
-        validate_qc(pd.concat(tables, ignore_index=True))
-    write_parquet(summary, out_dir / SUMMARY_FILE)
+        summary = pd.DataFrame(rows, columns=list(_summary("", "", False)))
+        tables = [pd.read_parquet(slide_dir(stage, r["slide_id"]) / "qc.parquet") for r in rows if r["n_cells"] > 0]
+        if tables:
+            validate_qc(pd.concat(tables, ignore_index=True))
+        write_parquet(summary, stage / SUMMARY_FILE)
+        _publish(stage, out_dir, [r["slide_id"] for r in rows])
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     flagged = int((summary["status"] != "ok").sum())
     log.info("qc: %d slides, %d flagged, %d cells kept -> %s", len(summary), flagged, int(summary["n_keep"].sum()), out_dir)
     return summary
+
+
+def _publish(stage: Path, out_dir: Path, slide_ids: list[str]) -> None:
+    """Move the staged per-slide folders, then the summary, into `out_dir` (after the gate passed).
+
+    Each folder replaces its predecessor with two renames on one filesystem (the old one moves into
+    the stage, which the caller removes); the summary is replaced last, in one rename.
+    """
+    for slide_id in slide_ids:
+        new, old = slide_dir(stage, slide_id), slide_dir(out_dir, slide_id)
+        if not new.is_dir():  # a slide that could not be read writes no folder
+            continue
+        if old.exists():
+            old.rename(stage / f".old-{slide_id}")
+        new.rename(old)
+    os.replace(stage / SUMMARY_FILE, out_dir / SUMMARY_FILE)

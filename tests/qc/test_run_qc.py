@@ -134,3 +134,48 @@ def test_cli_qc_and_report(qc_work, tmp_path):
     res = runner.invoke(app, ["report", "--work", str(work)])
     assert res.exit_code == 0, res.output
     assert res.output.strip().endswith("report.html") and (work / "qc" / "report.html").is_file()
+
+
+def _published(qc_dir) -> dict[str, bytes]:
+    return {str(p.relative_to(qc_dir)): p.read_bytes() for p in sorted(qc_dir.rglob("*")) if p.is_file()}
+
+
+def test_nothing_is_published_before_the_qc_gate_passes(qc_work, tmp_path, monkeypatch):
+    """A failing gate, or an error mid-run, leaves the previous QC byte for byte and nothing new visible."""
+    import pluto.qc.run as run
+    from pluto.errors import PlutoError, ValidationGateError
+    from pluto.qc.expectations import validate_qc
+
+    qc_dir = tmp_path / "qc"
+    run_qc(qc_work / "catalog.parquet", qc_dir)
+    before = _published(qc_dir)
+    slide_id = pd.read_parquet(qc_work / "catalog.parquet")["slide_id"].iloc[0]
+    assert f"{slide_id}/qc.parquet" in before and "qc_summary.parquet" in before
+
+    seen = {}
+
+    def failing_gate(df):
+        validate_qc(df)  # the real suite passes on this run's cells (all pen: every cell dropped) ...
+        seen["at_gate"] = _published(qc_dir)
+        seen["pen_cells"] = int((df["reason"] == "pen").sum())
+        raise ValidationGateError("qc", ["a failing expectation"])  # ... and a failing one stops the publish
+
+    monkeypatch.setattr(run, "validate_qc", failing_gate)
+    all_pen = lambda thumb, tissue: {"pen": np.ones_like(tissue)}  # noqa: E731  (changes every output)
+    with pytest.raises(ValidationGateError):
+        run_qc(qc_work / "catalog.parquet", qc_dir, detectors=all_pen)
+    assert seen["pen_cells"] > 0 and seen["at_gate"] == before  # the gate ran before anything was published
+    assert _published(qc_dir) == before and list(tmp_path.glob(".qc.staging-*")) == []
+
+    def broken(thumb, tissue):
+        raise PlutoError("detector failed mid-run")
+
+    monkeypatch.setattr(run, "validate_qc", validate_qc)
+    with pytest.raises(PlutoError, match="mid-run"):
+        run_qc(qc_work / "catalog.parquet", qc_dir, detectors=broken)
+    assert _published(qc_dir) == before
+
+    summary = run_qc(qc_work / "catalog.parquet", qc_dir, detectors=all_pen)  # a passing gate publishes
+    assert summary["status"].iloc[0] == "flagged: no_usable_cells"
+    assert set(load_qc(qc_dir, slide_id).cells["reason"]) == {"no_tissue", "pen"}
+    assert list(tmp_path.glob(".qc.staging-*")) == []
