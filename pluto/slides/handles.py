@@ -43,6 +43,10 @@ class SlideHandle:
         self._osr: Any = None
         self._tiles: TiffTiles | None = None
         limits = {"mpp_range": mpp_range, "max_dimension_px": max_dimension_px}
+        if not os.path.exists(self.path):  # an S3 slide whose cached copy was evicted comes back
+            from pluto.slides.s3_source import refetch
+
+            refetch(self.path)
         check_file(self.path)
         if not is_ome_tiff(self.path):
             try:
@@ -176,6 +180,15 @@ def clear_pool() -> None:
     with pool.lock:
         while pool.handles:
             pool.handles.popitem(last=False)[1].close()
+
+
+def close_pooled(path: str | Path) -> None:
+    """Close this process's pooled handles of `path` (its file is about to be deleted)."""
+    target = os.path.abspath(str(path))
+    pool = _pool()
+    with pool.lock:
+        for key in [k for k in pool.handles if k[0] == target]:
+            pool.handles.pop(key).close()
 
 
 def pool_paths() -> list[str]:

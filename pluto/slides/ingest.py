@@ -79,6 +79,7 @@ def ingest(
     s3_endpoint_url: str | None = None,
     s3_region: str = "us-east-1",
     s3_retries: int = 5,
+    s3_cache_max_bytes: int | None = None,
     on_progress: ProgressFn | None = None,
 ) -> pd.DataFrame:
     """Ingest every file under `src` (folder or s3:// prefix); write and return `out_dir/catalog.parquet`.
@@ -86,10 +87,12 @@ def ingest(
     Quarantined files stay in the catalog with their reason; only infrastructure errors (S3
     unreachable after retries, unreadable csv) raise, and then the previous catalog is left as it
     was while the records of finished files let the re-run resume. S3 objects are cached under
-    `out_dir/cache/s3`. `workers` files are processed at a time (threads).
+    `out_dir/cache/s3`, in at most `s3_cache_max_bytes` (least recently used copies are deleted
+    and fetched again when read; see `s3_source`). `workers` files are processed at a time (threads).
     """
     out_dir = Path(out_dir)
-    options = IngestOptions(mpp_overrides_csv, mpp_range, max_dimension_px, s3_endpoint_url, s3_region, s3_retries)
+    options = IngestOptions(mpp_overrides_csv, mpp_range, max_dimension_px, s3_endpoint_url, s3_region, s3_retries,
+                            s3_cache_max_bytes)
     listing = save_sources(out_dir / LISTING, list_sources(src, s3_endpoint_url, s3_region, s3_retries))
     ingest_batch(listing, out_dir, options, workers=workers, on_progress=on_progress)
     return write_catalog(out_dir, [listing], metadata_csv=metadata_csv, default_stain=default_stain)

@@ -47,6 +47,7 @@ class IngestOptions:
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     s3_retries: int = 5  # retries after the first try, per botocore call and per whole download, each with backoff
+    s3_cache_max_bytes: int | None = None  # bound of the local copies of S3 slides (None: keep them all)
 
 
 def sha256_file(path: Path) -> str:
@@ -109,21 +110,30 @@ class _Fetcher:
         self._s3: tuple[Any, Any] | None = None
 
     def __call__(self, source: SlideSource) -> tuple[Path, str]:
+        """Local path and sha256; an S3 copy stays pinned in the cache until `release(path)`."""
         if not source.bucket:
             return Path(source.local), sha256_file(Path(source.local))
         from pluto.slides.s3_source import S3Object
 
         client, cache = self._s3_parts()
         obj = S3Object(source.uri, source.bucket, source.key, source.key, source.bytes, source.stamp)
-        return cache.fetch(client, obj, self._options.s3_retries)
+        return cache.fetch(client, obj, self._options.s3_retries, pin=True)
+
+    def release(self, source: SlideSource, path: Path) -> None:
+        if source.bucket and self._s3 is not None:
+            self._s3[1].unpin(path)
 
     def _s3_parts(self) -> tuple[Any, Any]:
-        from pluto.slides.s3_source import S3Cache, s3_client
+        from pluto.slides.s3_source import cache_at, s3_client, save_settings
 
         with self._lock:
             if self._s3 is None:
                 o = self._options
-                self._s3 = (s3_client(o.s3_endpoint_url, o.s3_region, o.s3_retries), S3Cache(self._out_dir / "cache" / "s3"))
+                cache_dir = self._out_dir / "cache" / "s3"
+                cache = cache_at(cache_dir, o.s3_cache_max_bytes)
+                cache.max_bytes = o.s3_cache_max_bytes
+                save_settings(cache_dir, o.s3_endpoint_url, o.s3_region, o.s3_retries, o.s3_cache_max_bytes)
+                self._s3 = (s3_client(o.s3_endpoint_url, o.s3_region, o.s3_retries), cache)
             return self._s3
 
     def close(self) -> None:
@@ -132,9 +142,12 @@ class _Fetcher:
 
 
 def _reusable_bytes(prev: dict[str, Any] | None, source: SlideSource) -> bool:
-    """The record describes these bytes and its local copy is still there."""
+    """The record describes these bytes and, for a local file, it is still there (an S3 slide's cached
+    copy may have been evicted by a bounded cache: its record still names the bytes)."""
     if prev is None or not source.fingerprint or prev["fingerprint"] != source.fingerprint or not prev["path"]:
         return False
+    if source.bucket:
+        return True
     local = Path(prev["path"])
     return local.is_file() and local.stat().st_size == prev["bytes"]
 
@@ -144,7 +157,7 @@ def ingest_file(
     out_dir: Path,
     options: IngestOptions,
     overrides: dict[str, dict[str, Any]],
-    fetch: Callable[[SlideSource], tuple[Path, str]],
+    fetch: _Fetcher,
 ) -> dict[str, Any]:
     """The file's record, written to `record_path(out_dir, uri)` unless its current record still holds.
 
@@ -156,15 +169,22 @@ def ingest_file(
         err = SlideError(source.uri, QuarantineReason.bad_path, source.escape)
         return _store(out_dir, source, hashlib.sha256(source.uri.encode()).hexdigest(), None, 0, None, err, None, options, prev)
     reuse = _reusable_bytes(prev, source)
-    path, sha = (Path(prev["path"]), prev["slide_id"]) if reuse else fetch(source)
-    mpp = lookup(overrides, sha, source.file_name).get("mpp")
-    override = float(mpp) if mpp else None
-    if reuse and all(prev.get(k) == v for k, v in _probe_settings(override, options).items()):
+    if reuse and all(prev.get(k) == v for k, v in _probe_settings(_override(overrides, prev["slide_id"], source), options).items()):
         return prev
-    info, err, series = preflight(path, override, options.mpp_range, options.max_dimension_px)
-    if err is not None:
-        log.debug("%s quarantined: %s", source.uri, err)
-    return _store(out_dir, source, sha, path, path.stat().st_size, info, err, override, options, prev, series)
+    path, sha = (Path(prev["path"]), prev["slide_id"]) if reuse and not source.bucket else fetch(source)
+    try:
+        override = _override(overrides, sha, source)
+        info, err, series = preflight(path, override, options.mpp_range, options.max_dimension_px)
+        if err is not None:
+            log.debug("%s quarantined: %s", source.uri, err)
+        return _store(out_dir, source, sha, path, path.stat().st_size, info, err, override, options, prev, series)
+    finally:
+        fetch.release(source, path)
+
+
+def _override(overrides: dict[str, dict[str, Any]], sha: str, source: SlideSource) -> float | None:
+    mpp = lookup(overrides, sha, source.file_name).get("mpp")
+    return float(mpp) if mpp else None
 
 
 def _probe_settings(override: float | None, options: IngestOptions) -> dict[str, Any]:

@@ -1,9 +1,17 @@
-"""Slides from `s3://bucket/prefix`: listing and a content-addressed local cache.
+"""Slides from `s3://bucket/prefix`: listing and a content-addressed, optionally bounded local cache.
 
 Credentials come only from the standard AWS chain (environment, config files, instance role);
 nothing here reads, stores or logs them. A downloaded object is stored as `<sha256><suffix>`
 under the cache directory, and an index (uri + ETag -> sha256) lets a re-ingest skip objects
 that have not changed.
+
+With `max_bytes` the cache holds at most that many bytes (downloads in flight included), so a
+cohort larger than the local disk can be ingested, QC'd and tiled: before a download, the least
+recently used copies that nobody has pinned are deleted. The catalog keeps pointing at
+`<cache>/<sha256><suffix>`; a slide opened after its copy was evicted is fetched again
+(`refetch`, with the endpoint and bound the cache recorded in `settings.json`) and checked against
+its sha256. Pooled handles of an evicted copy in this process are closed; another process that
+still has it open keeps reading it, and the kernel frees its blocks when it closes.
 """
 
 from __future__ import annotations
@@ -20,10 +28,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pluto.atomic import write_bytes
-from pluto.errors import PlutoError
+from pluto.errors import PlutoError, QuarantineReason, SlideError
 
 log = logging.getLogger(__name__)
 _CHUNK = 8 * 2**20
+SETTINGS_FILE = "settings.json"  # endpoint, region, retries, max_bytes of a cache (never credentials)
 
 
 @dataclass(frozen=True)
@@ -80,29 +89,95 @@ def key_escapes(rel_key: str) -> bool:
 
 
 class S3Cache:
-    """Content-addressed local copies of S3 objects, with an ETag index to skip unchanged ones."""
+    """Content-addressed local copies of S3 objects, with an ETag index to skip unchanged ones.
 
-    def __init__(self, cache_dir: Path) -> None:
+    One instance per directory and process (`cache_at`), so its pins and byte count are shared by
+    the ingest threads and by `refetch`.
+    """
+
+    def __init__(self, cache_dir: Path, max_bytes: int | None = None) -> None:
         self.dir = Path(cache_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
         self._index_path = self.dir / "index.json"
-        self._lock = threading.Lock()
-        self._index: dict[str, dict[str, str]] = (
+        self._lock = threading.Condition()  # notified when a pin or a reservation is released
+        self._index: dict[str, dict[str, Any]] = (
             json.loads(self._index_path.read_text()) if self._index_path.is_file() else {}
         )
+        self._pins: dict[str, int] = {}  # file name -> holders
+        self._reserved = 0  # bytes of downloads in flight
+        self.downloads = 0  # objects downloaded by this instance (diagnostics)
 
-    def fetch(self, client: Any, obj: S3Object, retries: int) -> tuple[Path, str]:
-        """(local path, sha256 hex) of the object, downloading it unless the cache already has it."""
+    def fetch(self, client: Any, obj: S3Object, retries: int, *, pin: bool = False) -> tuple[Path, str]:
+        """(local path, sha256 hex) of the object, downloading it unless the cache already has it.
+
+        With `pin`, the copy is not evicted until `unpin(path)`."""
         with self._lock:
             known = self._index.get(obj.uri)
-        if known and known["etag"] == obj.etag:
-            path = self.dir / known["file"]
-            if path.is_file() and path.stat().st_size == obj.bytes:
-                return path, known["sha256"]
-        path, sha = self._download(client, obj, retries)
+            if known and known["etag"] == obj.etag:
+                path = self.dir / known["file"]
+                if path.is_file() and path.stat().st_size == obj.bytes:
+                    self._use(path.name, pin)
+                    return path, known["sha256"]
+            self._make_room(obj)
+            self._reserved += obj.bytes
+        try:
+            path, sha = self._download(client, obj, retries)
+        finally:
+            with self._lock:
+                self._reserved -= obj.bytes
+                self._lock.notify_all()
         with self._lock:
-            self._index[obj.uri] = {"etag": obj.etag, "sha256": sha, "file": path.name}
+            self.downloads += 1
+            self._index[obj.uri] = {"etag": obj.etag, "sha256": sha, "file": path.name, "bytes": obj.bytes}
+            self._use(path.name, pin)
         return path, sha
+
+    def unpin(self, path: Path) -> None:
+        with self._lock:
+            name = Path(path).name
+            if self._pins.get(name, 0) > 1:
+                self._pins[name] -= 1
+            else:
+                self._pins.pop(name, None)
+            self._lock.notify_all()
+
+    def _use(self, name: str, pin: bool) -> None:
+        os.utime(self.dir / name)  # mtime = last use: the eviction order, shared with other processes
+        if pin:
+            self._pins[name] = self._pins.get(name, 0) + 1
+
+    def copies(self) -> list[Path]:
+        """The cached copies (not the index, settings or downloads in flight)."""
+        return [p for p in self.dir.iterdir() if p.is_file() and not p.name.startswith(".") and p.name not in ("index.json", SETTINGS_FILE)]
+
+    def _make_room(self, obj: S3Object) -> None:
+        """Delete least recently used unpinned copies until `obj` fits in `max_bytes` (lock held);
+        while pinned copies and downloads in flight leave no room, wait for them (other threads)."""
+        if self.max_bytes is None:
+            return
+        if obj.bytes > self.max_bytes:
+            raise PlutoError(f"{obj.uri}: {obj.bytes} bytes do not fit in the S3 cache bound of {self.max_bytes} bytes")
+        while not self._evict_for(obj.bytes):
+            if not self._pins and not self._reserved:
+                raise PlutoError(f"{obj.uri}: no room in the S3 cache of {self.max_bytes} bytes")
+            self._lock.wait()
+
+    def _evict_for(self, nbytes: int) -> bool:
+        """Evict unpinned copies, least recently used first, until `nbytes` more fit; False if they cannot."""
+        copies = sorted(self.copies(), key=lambda p: p.stat().st_mtime_ns)
+        used = sum(p.stat().st_size for p in copies) + self._reserved
+        for path in copies:
+            if used + nbytes <= self.max_bytes:
+                return True
+            if path.name in self._pins:
+                continue
+            size = path.stat().st_size
+            _close_pooled(path)
+            path.unlink()
+            used -= size
+            log.debug("s3 cache: evicted %s (%d bytes)", path.name, size)
+        return used + nbytes <= self.max_bytes
 
     def _download(self, client: Any, obj: S3Object, retries: int) -> tuple[Path, str]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -136,3 +211,56 @@ class S3Cache:
         with self._lock:
             blob = json.dumps(self._index, indent=1, sort_keys=True)
         write_bytes(self._index_path, blob.encode())
+
+    def entry_of(self, name: str) -> tuple[str, dict[str, Any]] | None:
+        """(uri, index entry) of the copy named `name`, None when the index has none."""
+        with self._lock:
+            return next(((uri, e) for uri, e in self._index.items() if e["file"] == name), None)
+
+
+_CACHES: dict[tuple[int, str], S3Cache] = {}
+_CACHES_LOCK = threading.Lock()
+
+
+def cache_at(cache_dir: Path, max_bytes: int | None = None) -> S3Cache:
+    """This process's cache of `cache_dir` (created on first use with `max_bytes`)."""
+    key = (os.getpid(), os.path.abspath(cache_dir))
+    with _CACHES_LOCK:
+        if key not in _CACHES:
+            _CACHES[key] = S3Cache(Path(cache_dir), max_bytes)
+        return _CACHES[key]
+
+
+def save_settings(cache_dir: Path, endpoint_url: str | None, region: str, retries: int, max_bytes: int | None) -> None:
+    """Record how to fill the cache again (`refetch` in a later QC, tiling or training process)."""
+    blob = {"endpoint_url": endpoint_url, "region": region, "retries": retries, "max_bytes": max_bytes}
+    write_bytes(Path(cache_dir) / SETTINGS_FILE, json.dumps(blob, sort_keys=True).encode())
+
+
+def refetch(path: str | Path) -> bool:
+    """Download the evicted copy `path` of an S3 cache again; False when `path` is not in one.
+
+    Raises SlideError(unreadable) when the object's bytes no longer have the sha256 the name records."""
+    path = Path(path)
+    settings_path = path.parent / SETTINGS_FILE
+    if not settings_path.is_file() or not (path.parent / "index.json").is_file():
+        return False
+    settings = json.loads(settings_path.read_text())
+    cache = cache_at(path.parent, settings["max_bytes"])
+    found = cache.entry_of(path.name)
+    if found is None:
+        return False
+    uri, entry = found
+    bucket, key = split_s3_uri(uri)
+    client = s3_client(settings["endpoint_url"], settings["region"], settings["retries"])
+    nbytes = entry.get("bytes") or client.head_object(Bucket=bucket, Key=key)["ContentLength"]  # older indexes lack it
+    got, sha = cache.fetch(client, S3Object(uri, bucket, key, key, int(nbytes), entry["etag"]), settings["retries"])
+    if got.name != path.name:
+        raise SlideError(path, QuarantineReason.unreadable, f"{uri} changed since ingest (sha256 {sha}, expected {entry['sha256']})")
+    return True
+
+
+def _close_pooled(path: Path) -> None:
+    from pluto.slides.handles import close_pooled
+
+    close_pooled(path)
