@@ -105,6 +105,8 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> nn.
         kwargs = dict(config["kwargs"])
         kwargs["patch_sizes"] = tuple(kwargs["patch_sizes"])
         kwargs.setdefault("flexi_interpolation", "bicubic")  # saved before the variants' bilinear PI-resize: rebuild as saved
+        if kwargs.get("base_patch_size") is None:  # saved before the 32 x 32 FlexiViT kernel, when None meant the patch size;
+            kwargs["base_patch_size"] = int(kwargs["patch_size"])  # timm drops None kwargs, which would build today's kernel
         cfg = {  # JSON turned timm's tuples (input_size, mean, std) into lists
             k: tuple(v) if isinstance(v, list) else v
             for k, v in config["pretrained_cfg"].items()

@@ -72,3 +72,26 @@ def test_missing_files_are_named(tmp_path):
 def test_save_refuses_a_model_that_is_not_a_pluto_arch(tmp_path):
     with pytest.raises(CheckpointError, match="vit_tiny_patch16_224"):
         save_model(timm.create_model("vit_tiny_patch16_224", num_classes=0), tmp_path)
+
+
+def test_a_model_saved_before_the_32px_flexivit_kernel_loads_as_saved_and_warm_starts_today(tmp_path):
+    """Older configs say base_patch_size null (the kernel was the patch size); timm drops None kwargs,
+    so rebuilding them naively gave today's 32 x 32 kernel and refused the saved 16 x 16 weights."""
+    from pluto.models import checkpoint_filter_fn
+
+    old = timm.create_model("pluto_tiny", base_patch_size=16, flexi_interpolation="bicubic").eval()
+    out = save_model(old, tmp_path / "old")
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["kwargs"]["base_patch_size"] = None  # as models saved before the change recorded it
+    del cfg["kwargs"]["flexi_interpolation"]
+    (out / "config.json").write_text(json.dumps(cfg))
+    loaded = load_model(out).eval()
+    assert loaded.patch_embed.proj.weight.shape[-2:] == (16, 16)
+    x = torch.rand(2, 3, 112, 112)
+    with torch.no_grad():
+        assert torch.equal(loaded.forward_features(x, 16), old.forward_features(x, 16))
+    today = timm.create_model("pluto_tiny").eval()  # the warm start's target: PI-resized into the 32 x 32 kernel
+    today.load_state_dict(checkpoint_filter_fn(loaded.state_dict(), today))
+    assert today.patch_embed.proj.weight.shape[-2:] == (32, 32)
+    with torch.no_grad():  # every other weight carries over unchanged
+        assert all(torch.equal(v, today.state_dict()[k]) for k, v in loaded.state_dict().items() if k != "patch_embed.proj.weight")
