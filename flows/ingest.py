@@ -59,7 +59,7 @@ def ingest_flow(config: dict[str, Any] | None = None, parent_run_id: str | None 
     options = IngestOptions(
         mpp_overrides_csv=s.slides.mpp_overrides_csv, mpp_range=(s.slides.mpp_min, s.slides.mpp_max),
         max_dimension_px=s.slides.max_dimension_px, s3_endpoint_url=s.s3.endpoint_url, s3_region=s.s3.region,
-        s3_retries=s.s3.retries,
+        s3_retries=s.s3.retries, s3_cache_max_bytes=s.s3.cache_max_bytes,
     )
     sources = io_retries(list_slides, s)(src, s.s3.endpoint_url, s.s3.region, s.s3.retries)
     batches = split_sources(sources, s.chain.fanout_batch_slides, work / ".fanout" / "ingest-batches")

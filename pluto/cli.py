@@ -133,6 +133,7 @@ def ingest_cmd(
             mpp_overrides_csv=s.slides.mpp_overrides_csv, default_stain=s.ingest.default_stain,
             mpp_range=(s.slides.mpp_min, s.slides.mpp_max), max_dimension_px=s.slides.max_dimension_px,
             s3_endpoint_url=s.s3.endpoint_url, s3_region=s.s3.region, s3_retries=s.s3.retries,
+            s3_cache_max_bytes=s.s3.cache_max_bytes,
             on_progress=lambda done, total, name: progress.update(task, completed=done, total=total, description=name),
         )
     reasons = catalog.loc[catalog["status"] != "ok", "reason"].value_counts()

@@ -102,6 +102,7 @@ class S3Settings(_Section):
     endpoint_url: str | None = None
     region: str = "us-east-1"
     retries: int = Field(5, ge=0)
+    cache_max_bytes: int | None = Field(None, ge=1)  # bound of ingest's local copies of S3 slides (LRU); None keeps them all
 
 
 class MLflowSettings(_Section):

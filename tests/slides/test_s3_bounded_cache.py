@@ -50,12 +50,21 @@ class _Sampler(threading.Thread):
             self.stop.wait(0.001)
 
 
-def _pipeline(src: str, work: Path, **ingest_kw) -> dict[str, pd.DataFrame]:
+def _pipeline(src: str, work: Path, settings_env: dict[str, str] | None = None) -> dict[str, pd.DataFrame]:
+    """Ingest (through `pluto ingest` with `settings_env` when given, as a user sets the bound), QC, tile."""
+    from typer.testing import CliRunner
+
+    from pluto.cli import app
     from pluto.qc import load_qc, run_qc
     from pluto.tiling.cohort import tile_cohort
     from pluto.tiling.manifest import read_manifest
 
-    catalog = ingest(src, work, workers=2, **ingest_kw)
+    if settings_env is None:
+        catalog = ingest(src, work, workers=2)
+    else:
+        done = CliRunner().invoke(app, ["ingest", src, "--out", str(work), "--workers", "2"], env=settings_env)
+        assert done.exit_code == 0, done.output[-2000:] + repr(done.exception)
+        catalog = pd.read_parquet(work / "catalog.parquet")
     clear_pool()
     qc = run_qc(work / "catalog.parquet", work / "qc")
     clear_pool()
@@ -88,8 +97,8 @@ def test_cohort_larger_than_the_cache_bound(moto_server, aws_env, tmp_path: Path
     sampler = _Sampler(cache_dir)
     sampler.start()
     try:
-        remote = _pipeline("s3://bounded/cohort", tmp_path / "s3work", s3_endpoint_url=moto_server.url, s3_retries=1,
-                           s3_cache_max_bytes=bound)
+        remote = _pipeline("s3://bounded/cohort", tmp_path / "s3work", {
+            "PLUTO_S3__ENDPOINT_URL": moto_server.url, "PLUTO_S3__RETRIES": "1", "PLUTO_S3__CACHE_MAX_BYTES": str(bound)})
     finally:
         sampler.stop.set()
         sampler.join()
