@@ -43,9 +43,11 @@ class ClusterSpec:
 
     job_name: str = "pluto-pretrain"
     nodes: int = 4
-    gpus_per_node: int = 8
+    gpus_per_node: int = 8  # 0: a CPU job (gloo), `cpu_ranks_per_node` processes per node (Slurm)
     gpu_memory_gb: float = 141.0  # H200
     cpus_per_gpu: int = 12
+    cpu_ranks_per_node: int = 1  # torchrun processes per node of a CPU job
+    cpus_per_task: int = 0  # CPUs of a node's task (Slurm --cpus-per-task); 0: cpus_per_gpu x gpus_per_node
     max_restarts: int = 3  # torchrun --max-restarts: elastic restarts resume from the last checkpoint
     rdzv_port: int = 29500
     image: str = "ghcr.io/pluto-platform/pluto:latest"
@@ -58,10 +60,15 @@ class ClusterSpec:
     partition: str = "gpu"
     time_limit: str = "72:00:00"
     setup: str = "source .venv/bin/activate"  # Slurm: shell line that makes `torchrun` and pluto available
+    poll_s: float = 30.0  # how often a launcher asks the scheduler about the job it follows
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.gpus_per_node or self.cpu_ranks_per_node
 
     @property
     def world_size(self) -> int:
-        return self.nodes * self.gpus_per_node
+        return self.nodes * self.ranks_per_node
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
