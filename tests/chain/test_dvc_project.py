@@ -17,7 +17,7 @@ from pluto.config import REPO_ROOT, load_settings
 from pluto.data_version import checkout_data, commit_data, publish, table_hash
 from pluto.errors import PlutoError
 from tests.chain.test_data_version import _tables
-from tests.conftest import dvc_project_like_the_repository
+from tests.conftest import SHARED, dvc_project_like_the_repository
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 
@@ -135,3 +135,45 @@ def test_a_versioned_location_that_climbs_out_of_the_data_root_is_refused(tmp_pa
     assert anchored("wsi/a.svs", root) == str(root / "wsi" / "a.svs")
     with pytest.raises(PlutoError, match="leaves the data root"):
         anchored("../../etc/passwd", root)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_fresh_clone_pulls_the_committed_data_dvc_after_the_demos_data_stages(tmp_path):
+    """What the README promises a new user: clone, run the demo's data stages on the bundled slides
+    (`make demo` starts with them), and `dvc pull` restores exactly the tables the committed
+    `data.dvc` names, from the embedded store the stages pushed to. This fails whenever a change to
+    ingest, QC or tiling alters the demo's tables without re-pointing the committed `data.dvc`."""
+    from flows.demo import demo_overrides
+    from pluto.data_version import dvc_file_md5
+    from pluto.services import start_prefect
+    from tests.chain.test_slide_cache import RUN_STAGES, _snapshot
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO_ROOT), str(clone)], check=True)
+    work = clone / "work"  # the demo's work dir and, through the committed .dvc/config, the default DVC store
+    data_root = SHARED / "data"  # where `make demo` finds the bundled slides (the settings' default data root)
+    config = demo_overrides(work, "")
+    config["paths"]["data_root"] = str(data_root)
+    config["chain"] = {"task_retries": 0}
+    code = _snapshot(tmp_path / "src")
+    svc = start_prefect(tmp_path / "prefect")
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "PLUTO_"))}
+        env.update({"PREFECT_HOME": str(tmp_path / "home"), "PREFECT_API_URL": f"{svc.url}/api",
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+        import json
+
+        out = subprocess.run([sys.executable, "-c", RUN_STAGES, json.dumps(config), "ingest,qc,tile"], cwd=code, env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    finally:
+        svc.stop()
+    version = commit_data(work, (work / "stores" / "dvc").as_uri(), data_root=data_root)
+    committed = dvc_file_md5(clone / "data.dvc")
+    assert version.md5 == committed, (f"the demo's data stages now write {version.md5}, the committed data.dvc names "
+                                      f"{committed}: re-point it (README, 'Data versions')")
+    pulled = subprocess.run([DVC, "pull"], cwd=clone, capture_output=True, text=True)
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    for table in sorted(p.relative_to(work / "data") for p in (work / "data").rglob("*") if p.is_file()):
+        assert (clone / "data" / table).read_bytes() == (work / "data" / table).read_bytes(), table
