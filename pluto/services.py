@@ -103,10 +103,14 @@ def start_mlflow(
     artifacts_destination: str | None = None,
     env: dict[str, str] | None = None,
     log_dir: Path | None = None,
+    backend_store_uri: str | None = None,
+    app_name: str | None = None,
 ) -> Service:
     """MLflow tracking server: sqlite backend + proxied artifact store under `store_dir` by default.
 
-    `artifacts_destination` may be an s3:// URI (credentials and endpoint from `env`/AWS config).
+    `artifacts_destination` may be an s3:// URI (credentials and endpoint from `env`/AWS config);
+    `backend_store_uri` a postgresql:// one and `app_name` "basic-auth", as a team's server
+    (mlflow/docker-compose.yml) runs.
     """
     port = port or free_port(host)
     store_dir = Path(store_dir).resolve()
@@ -115,9 +119,10 @@ def start_mlflow(
     cmd = [
         _bin("mlflow"), "server",
         "--host", host, "--port", str(port),
-        "--backend-store-uri", f"sqlite:///{store_dir / 'mlflow.db'}",
-        "--artifacts-destination", dest,
+        "--backend-store-uri", backend_store_uri or f"sqlite:///{store_dir / 'mlflow.db'}",
+        "--artifacts-destination", dest, "--serve-artifacts",
         "--workers", "1",
+        *(["--app-name", app_name] if app_name else []),
     ]
     quiet = {"MLFLOW_ENABLE_TELEMETRY": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
     return _spawn("mlflow", cmd, host, port, log_dir or store_dir, {**quiet, **(env or {})}, 180)
