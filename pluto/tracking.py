@@ -7,8 +7,18 @@ server is down the items stay queued and the thread retries with capped exponent
 they arrive once it is back; each attempt first probes the server's `/health` (a dead server costs
 one refused connection, not MLflow's own minutes of HTTP retries). `close` gives a reachable
 server `timeout_s` to take the rest, cutting a pending backoff short when the server has come
-back, and does not wait on a dead one. A request the server refuses (4xx, e.g. a param changed on resume) is
-dropped with a warning: retrying cannot help, and the JSONL record keeps it.
+back, and does not wait on a dead one.
+
+A server behind a login (a team's, `mlflow server --app-name basic-auth`) takes the standard
+MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD variables or ~/.mlflow/credentials, read by
+mlflow itself; nothing here reads, stores or logs them, and messages show the server without any
+userinfo. A refused login (401) or permission (403) is a configuration error, not an outage: a
+Tracker whose server answers so at start raises `TrackingAuthError`, so a job stops at once instead
+of training for days with nothing tracked. Refused later (a password rotated mid-run), the items
+stay queued as in an outage, and whatever is left is replayed by `sync_runs` once the credentials
+are fixed. A request refused for itself (another 4xx, e.g. a param changed on resume) leaves the
+queue, since resending cannot help, but is kept: the JSONL record holds it and the session's `end`
+record counts it as unsent, so `sync_runs` checks that run again.
 
 The JSONL file is a sequence of sessions (one per Tracker): a header record (`session`, experiment,
 run name, `run_id_path`), then params/tags/metric/artifact records, a `{"session", "run_id"}` record
@@ -33,6 +43,7 @@ import logging
 import threading
 import time
 import urllib.error
+import urllib.parse
 import uuid
 import urllib.request
 from collections import deque
@@ -42,12 +53,61 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from pluto.errors import ConfigError, PlutoError
+
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
 MAX_BATCH = 1000  # MLflow's log-batch limit on metrics per request
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 MAX_BATCH_KV = 100  # MLflow's log-batch limit on params and on tags per request
+AUTH_STATUSES = (401, 403)  # the login or its permissions refused: the same request fails until they are fixed
+
+
+class TrackingAuthError(ConfigError):
+    """The MLflow server refused this client's login (HTTP 401) or its permissions (HTTP 403)."""
+
+
+def shown_uri(tracking_uri: str) -> str:
+    """`tracking_uri` fit for messages: any user:password@ part removed."""
+    parts = urllib.parse.urlsplit(tracking_uri)
+    if not parts.username and not parts.password:
+        return tracking_uri
+    host = parts.hostname or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status an MLflow client error carries, None for anything else (a refused connection)."""
+    get = getattr(exc, "get_http_status_code", None)
+    return get() if callable(get) else None
+
+
+def refusal(tracking_uri: str, status: int) -> str:
+    """What to fix when the server at `tracking_uri` answered 401/403; names the variables, never their values."""
+    what = "refused the login" if status == 401 else "refused this user the access it needs"
+    return (f"MLflow at {shown_uri(tracking_uri)} {what} (HTTP {status}): set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials) to an account of that server with write access")
+
+
+def check_login(tracking_uri: str) -> None:
+    """Raise `TrackingAuthError` when the http(s) server at `tracking_uri` answers but refuses this client.
+
+    One authenticated request (an experiment search). A server that does not answer is not judged:
+    that is an outage, which the Tracker rides out.
+    """
+    if not tracking_uri.startswith(("http://", "https://")) or not server_reachable(tracking_uri):
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri).search_experiments(max_results=1)
+    except MlflowException as exc:
+        status = http_status(exc)
+        if status in AUTH_STATUSES:
+            raise TrackingAuthError(refusal(tracking_uri, status)) from None
+        log.debug("MLflow at %s: login not checked (%s)", shown_uri(tracking_uri), str(exc)[:200])
 
 
 def server_reachable(tracking_uri: str, timeout_s: float = 2.0) -> bool:
@@ -108,6 +168,8 @@ class Tracker:
         self.experiment_id = ""
         self.sent = 0
         self.down = False  # the last attempt to reach the server failed
+        self.refused: int | None = None  # 401/403 while the server refuses our login; None otherwise
+        self.rejected = 0  # items the server refused for themselves (4xx): in the JSONL only, counted unsent
         self._thread: threading.Thread | None = None
         self._file_lock = threading.Lock()
         self.session = uuid.uuid4().hex
@@ -119,6 +181,7 @@ class Tracker:
             self.set_tags(all_tags)
         if not tracking_uri:
             return
+        check_login(tracking_uri)  # a wrong password stops the job here, not days later
         if connect_now:
             self._attempt(self._send_once)
         self._thread = threading.Thread(target=self._sender, name="pluto-mlflow-sender", daemon=True)
@@ -142,7 +205,7 @@ class Tracker:
         if self.run_id is None:
             return ""
         # workflowType: MLflow 3's UI otherwise shows a fresh browser its GenAI views, whatever the experiment's kind
-        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}?workflowType=machine_learning"
+        return f"{shown_uri(self.tracking_uri).rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}?workflowType=machine_learning"
 
     def log_params(self, params: dict[str, Any]) -> None:
         flat = {k: str(v)[:6000] for k, v in params.items()}  # MLflow's param value limit
@@ -181,9 +244,9 @@ class Tracker:
             _append_jsonl(self.jsonl_path, record)
 
     def close(self, status: str = "FINISHED", timeout_s: float = 30.0) -> None:
-        """Give a reachable server up to `timeout_s` to take the queue (none when it is down, so the
-        end of a run is not delayed), then mark the MLflow run `status` (FINISHED/FAILED/KILLED).
-        What is left unsent stays in the JSONL record only."""
+        """Give a reachable server up to `timeout_s` to take the queue (none when it is down or refuses
+        our login, so the end of a run is not delayed), then mark the MLflow run `status`
+        (FINISHED/FAILED/KILLED). What is left unsent stays in the JSONL record only."""
         if status not in RUN_STATUSES:
             raise ValueError(f"run status {status!r}: expected one of {RUN_STATUSES}")
         if self._thread is None:  # no sender: closed before, or mlflow missing here (nothing sent: unsent unknown)
@@ -193,7 +256,7 @@ class Tracker:
         deadline = time.monotonic() + timeout_s
         while self.pending and time.monotonic() < deadline and self._thread.is_alive():
             if self.down:
-                if not server_reachable(self.tracking_uri):
+                if self.refused or not server_reachable(self.tracking_uri):
                     break
                 self._retry.set()  # back again while the sender backs off: retry now
             self._wake.set()
@@ -206,13 +269,13 @@ class Tracker:
         if self._monitor is not None:
             self._monitor.finish()
         end_ms = _now_ms()
+        why = refusal(self.tracking_uri, self.refused) if self.refused else f"MLflow at {shown_uri(self.tracking_uri)} unreachable"
         if self.pending:
-            log.warning("MLflow at %s unreachable: %d items not sent (kept in %s; `pluto tracking sync` replays them)",
-                        self.tracking_uri, self.pending, self.jsonl_path)
+            log.warning("%s: %d items not sent (kept in %s; `pluto tracking sync` replays them)", why, self.pending, self.jsonl_path)
         elif self._client is not None and not self._attempt(lambda: self._client.set_terminated(self.run_id, status, end_ms)):
-            self._append({"session": self.session, "end": status, "unsent": 1, "t_ms": end_ms})  # the status itself
+            self._append({"session": self.session, "end": status, "unsent": 1 + self.rejected, "t_ms": end_ms})  # the status itself
             return
-        self._append({"session": self.session, "end": status, "unsent": self.pending, "t_ms": end_ms})
+        self._append({"session": self.session, "end": status, "unsent": self.pending + self.rejected, "t_ms": end_ms})
 
     def _connect(self) -> None:
         """Re-attach to the run saved in `run_id_path`, or create one (and save its id there)."""
@@ -240,23 +303,28 @@ class Tracker:
         self._client = client
         log.info("MLflow run %s (%s): %s", self.run_name, self.run_id, self.url)
 
-    def _post(self, what: str, request: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        """Send one request; drop it if the server refuses it (4xx), raise (to retry) on anything else."""
+    def _post(self, what: str, items: int, request: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Send one request of `items` items. Refused for itself (4xx but 401/403), it leaves the queue
+        and is kept: counted unsent and noted in the JSONL, for `sync_runs`. Anything else raises (to retry)."""
         from mlflow.exceptions import MlflowException
 
         try:
             request(self.run_id, *args, **kwargs)
         except MlflowException as exc:
-            if not 400 <= exc.get_http_status_code() < 500:
+            status = http_status(exc)
+            if status is None or not 400 <= status < 500 or status in AUTH_STATUSES:
                 raise
-            log.warning("MLflow refused %s for run %s (%s); dropped, kept in %s", what, self.run_id, str(exc)[:200], self.jsonl_path)
+            self.rejected += items
+            self._append({"session": self.session, "refused": what, "status": status, "items": items})
+            log.warning("MLflow refused %s for run %s (HTTP %d: %s); kept in %s, `pluto tracking sync` retries it",
+                        what, self.run_id, status, str(exc)[:200], self.jsonl_path)
 
     def _send_once(self) -> None:
         """Connect if needed, then send params and tags, metric batches and artifacts until none are left."""
         from mlflow.entities import Metric, Param, RunTag
 
         if not server_reachable(self.tracking_uri):
-            raise ConnectionError(f"{self.tracking_uri}/health does not answer")
+            raise ConnectionError(f"{shown_uri(self.tracking_uri)}/health does not answer")
         if self._client is None:
             self._connect()
         while True:
@@ -265,19 +333,19 @@ class Tracker:
                 chunk = list(islice(self._points, MAX_BATCH))
                 artifact = self._artifacts[0] if self._artifacts else None
             if params:  # params and tags in separate requests: a refused param must not take tags with it
-                self._post("params", self._client.log_batch, params=[Param(k, v) for k, v in params.items()])
+                self._post("params", len(params), self._client.log_batch, params=[Param(k, v) for k, v in params.items()])
                 self._forget(self._params, params)
             elif tags:
-                self._post("tags", self._client.log_batch, tags=[RunTag(k, v) for k, v in tags.items()])
+                self._post("tags", len(tags), self._client.log_batch, tags=[RunTag(k, v) for k, v in tags.items()])
                 self._forget(self._tags, tags)
             elif chunk:
-                self._post("metrics", self._client.log_batch, metrics=[Metric(*p) for p in chunk])
+                self._post("metrics", len(chunk), self._client.log_batch, metrics=[Metric(*p) for p in chunk])
                 with self._lock:
                     for _ in chunk:
                         self._points.popleft()
                 self.sent += len(chunk)
             elif artifact is not None:
-                self._post(f"artifact {artifact[0]}", self._client.log_artifact, *artifact)
+                self._post(f"artifact {artifact[0]}", 1, self._client.log_artifact, *artifact)
                 with self._lock:
                     self._artifacts.popleft()
             else:
@@ -291,17 +359,24 @@ class Tracker:
                     del queue[k]
 
     def _attempt(self, fn: Callable[[], Any]) -> bool:
-        """Run `fn`; on failure note the server as down (warning once per outage) and return False."""
+        """Run `fn`; on failure note the server as down (warning once per outage or refusal) and return False."""
         try:
             fn()
         except Exception as exc:  # noqa: BLE001 - any transport/server error: keep the items, retry later
-            if not self.down:
-                log.warning("MLflow at %s unreachable (%s); tracking to %s and retrying", self.tracking_uri, str(exc)[:200], self.jsonl_path)
+            status = http_status(exc)
+            if status in AUTH_STATUSES:
+                if self.refused != status:
+                    log.warning("%s; tracking to %s, and `pluto tracking sync` replays it once fixed",
+                                refusal(self.tracking_uri, status), self.jsonl_path)
+                self.refused = status
+            elif not self.down:
+                log.warning("MLflow at %s unreachable (%s); tracking to %s and retrying", shown_uri(self.tracking_uri),
+                            str(exc)[:200], self.jsonl_path)
             self.down = True
             return False
         if self.down:
-            log.warning("MLflow at %s reachable again; queued items sent", self.tracking_uri)
-        self.down = False
+            log.warning("MLflow at %s reachable again; queued items sent", shown_uri(self.tracking_uri))
+        self.down, self.refused = False, None
         return True
 
     def _sender(self) -> None:
@@ -449,16 +524,17 @@ def sync_runs(paths: Iterable[Path], tracking_uri: str, on_progress: Callable[[i
     a point of its own, a point already there is never sent twice. Points keep their original
     timestamps; requests are log_batch chunks within MLflow's limits. A run still RUNNING whose last
     session ended is set to that session's status and end time. Run the sync when no tracker is
-    writing these runs (a live sender could send a point the sync sends too).
+    writing these runs (a live sender could send a point the sync sends too). A refused login is
+    `TrackingAuthError` before anything is sent; a chunk refused for itself (4xx) is skipped with a
+    warning, and the rest is sent.
     """
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from pluto.errors import PlutoError
-
     if not server_reachable(tracking_uri):
-        raise PlutoError(f"MLflow at {tracking_uri} unreachable; nothing replayed, retry `pluto tracking sync` later")
+        raise PlutoError(f"MLflow at {shown_uri(tracking_uri)} unreachable; nothing replayed, retry `pluto tracking sync` later")
+    check_login(tracking_uri)
     client = MlflowClient(tracking_uri)
     paths = list(paths)
     by_session: dict[str, _Session] = {}
@@ -480,19 +556,24 @@ def sync_runs(paths: Iterable[Path], tracking_uri: str, on_progress: Callable[[i
         except MlflowException as exc:
             if exc.get_http_status_code() != 404:
                 raise
-            log.warning("MLflow run %s (recorded in %s) not found on %s; skipped", run_id, sessions[0].path, tracking_uri)
+            log.warning("MLflow run %s (recorded in %s) not found on %s; skipped", run_id, sessions[0].path, shown_uri(tracking_uri))
             continue
         params = {k: v for s in reversed(sessions) for k, v in s.params.items() if k not in run.data.params}  # first value wins
         tags = {k: v for s in sessions for k, v in s.tags.items() if k not in run.data.tags}
         have = {(k, m.step, m.timestamp) for k in {p[0] for s in sessions for p in s.points}
                 for m in client.get_metric_history(run_id, k)}
         points = list(dict.fromkeys(p for s in sessions for p in s.points if (p[0], p[3], p[2]) not in have))
-        for chunk in _chunks([Param(k, v) for k, v in params.items()], MAX_BATCH_KV):
-            client.log_batch(run_id, params=chunk)
-        for chunk in _chunks([RunTag(k, v) for k, v in tags.items()], MAX_BATCH_KV):
-            client.log_batch(run_id, tags=chunk)
-        for chunk in _chunks([Metric(*p) for p in points], MAX_BATCH):
-            client.log_batch(run_id, metrics=chunk)
+        for kind, items, size in (("params", [Param(k, v) for k, v in params.items()], MAX_BATCH_KV),
+                                  ("tags", [RunTag(k, v) for k, v in tags.items()], MAX_BATCH_KV),
+                                  ("metrics", [Metric(*p) for p in points], MAX_BATCH)):
+            for chunk in _chunks(items, size):
+                try:
+                    client.log_batch(run_id, **{kind: chunk})
+                except MlflowException as exc:
+                    status = http_status(exc)
+                    if status is None or not 400 <= status < 500 or status in AUTH_STATUSES:
+                        raise
+                    log.warning("MLflow run %s refused %d %s (HTTP %d: %s); skipped", run_id, len(chunk), kind, status, str(exc)[:200])
         last = sessions[-1]
         if last.end is not None and run.info.status == "RUNNING":  # replaying data never changes the status
             client.set_terminated(run_id, last.end, last.end_ms)

@@ -73,6 +73,24 @@ def test_a_refused_param_change_on_resume_does_not_block_metrics(tmp_path, mlflo
         again.log_metrics({"loss": 0.5}, step=2)
     assert again.run_id == first.run_id and again.pending == 0
     assert _history(mlflow_server.url, first.run_id, "loss") == [(1, 1.0), (2, 0.5)]
+    # kept, not dropped: noted in the JSONL and counted unsent, so a sync looks at the run again (and sends nothing twice)
+    recs = _records(run_dir / "metrics.jsonl")
+    assert {"session": again.session, "refused": "params", "status": 400, "items": 1} in recs
+    assert recs[-1]["session"] == again.session and recs[-1]["unsent"] == 1
+    from pluto.tracking import sync_runs
+
+    report = sync_runs([run_dir / "metrics.jsonl"], mlflow_server.url)
+    assert (report.runs, report.metrics, report.params) == (1, 0, 0)
+
+
+def test_messages_show_the_server_without_its_userinfo():
+    from pluto.tracking import refusal, shown_uri
+
+    assert shown_uri("https://alice:s3cret@mlflow.example.org:8443/x") == "https://mlflow.example.org:8443/x"
+    assert shown_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    message = refusal("https://alice:s3cret@mlflow.example.org", 401)
+    assert message.startswith("MLflow at https://mlflow.example.org refused the login (HTTP 401)") and "s3cret" not in message
+    assert "refused this user the access it needs (HTTP 403)" in refusal("http://127.0.0.1:5000", 403)
 
 
 @pytest.mark.integration
