@@ -159,12 +159,34 @@ def train_config(args, data: Path, run_dir: Path, image_mpp: float | None):
 
     every = max(1, args.steps // args.checkpoints)
     batch = {"batch_per_gpu": args.batch, "global_batch": args.batch} if args.batch else {}
+    sets = parse_sets(getattr(args, "set", None) or [])
     return recipe_config(
         args.arch, data=str(data), data_kind="images", image_mpp=image_mpp, run_dir=str(run_dir), steps=args.steps,
         seed=args.seed, precision="bf16" if args.device == "cuda" else "fp32", num_workers=args.workers, ckpt_every=every,
         keep_ckpts=args.checkpoints + 1, log_every=max(1, args.steps // 20), tracking_uri="", init_from=args.init_from or "",
-        **batch,
+        **batch, **sets,
     )
+
+
+def parse_sets(items: list[str]) -> dict:
+    """`--set ssl.n_prototypes=256 --set drop_path_rate=0.1` -> nested TrainConfig overrides (values as Python literals,
+    else strings): a recipe experiment without editing the recipe; `recipe_overrides` records what it changed."""
+    import ast
+
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set wants KEY=VALUE, got {item!r}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        if key.startswith("ssl."):
+            out.setdefault("ssl", {})[key[4:]] = value
+        else:
+            out[key] = value
+    return out
 
 
 def initial_teacher(cfg) -> torch.nn.Module:
@@ -572,6 +594,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--folds", type=int, default=4)
     ap.add_argument("--tasks", nargs="+", default=["crc_tissue", "magnification", "qc_labels"])
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a recipe value for an experiment (ssl.teacher_temp=0.04); repeatable")
     ap.add_argument("--init-from", default="", help="warm start from a saved pluto model (its rows: 'parent')")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers (multi-crop off the training thread)")
