@@ -36,8 +36,9 @@ BACKGROUND = 255  # value of pixels outside the slide (white glass)
 _JPEG = 7  # TIFF Compression: JPEG ("new-style", what SVS and generic pyramids use)
 _RGB, _YCBCR = 2, 6  # TIFF PhotometricInterpretation
 # TIFF Compression codes whose RGB pixels tifffile/imagecodecs decode as stored: none, LZW, JPEG,
-# Adobe and old-style deflate, Aperio JPEG2000 RGB (33005), JPEG2000 (34712), zstd, WebP
-_PROVEN_RGB = frozenset({1, 5, _JPEG, 8, 32946, 33005, 34712, 50000, 50001})
+# Adobe and old-style deflate, PackBits (32773, e.g. the MoNuSeg regions), Aperio JPEG2000 RGB (33005),
+# JPEG2000 (34712), zstd, WebP
+_PROVEN_RGB = frozenset({1, 5, _JPEG, 8, 32773, 32946, 33005, 34712, 50000, 50001})
 _PILLOW_CODESTREAMS = frozenset({33005, 34712, 50001})  # tiles that are whole JPEG2000 / WebP images
 
 

@@ -114,6 +114,9 @@ def format_slides(tmp_path_factory, cmu_rgb: np.ndarray) -> dict[str, FormatCase
         "zstd": (_write(d / "zstd.tiff", levels, photometric="rgb", compression="zstd"), "openslide+direct", True),
         "none": (_write(d / "none.tiff", levels, photometric="rgb"), "openslide+direct", True),
         "stripped": (_write(d / "stripped.tiff", levels[:1], photometric="rgb", compression="lzw", rowsperstrip=16), "tifffile", True),
+        "packbits_stripped": (_write(d / "packbits_stripped.tiff", levels[:1], photometric="rgb", compression="packbits", rowsperstrip=15),
+                              "tifffile", True),  # as the bundled MoNuSeg regions are stored
+        "packbits_tiled": (_write(d / "packbits_tiled.tiff", levels, photometric="rgb", compression="packbits"), "openslide+direct", True),
     }
     ome = d / "subifd.ome.tiff"  # pyramid in SubIFDs, resolution only in the OME-XML (no TIFF resolution tags)
     with tifffile.TiffWriter(ome, bigtiff=True) as tif:
@@ -121,5 +124,5 @@ def format_slides(tmp_path_factory, cmu_rgb: np.ndarray) -> dict[str, FormatCase
                   metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
         tif.write(levels[1], tile=(_T, _T), photometric="rgb", compression="jpeg", compressionargs={"level": 95}, subfiletype=1)
     cases["ome_subifd"] = (ome, "tifffile", False)
-    return {name: FormatCase(path, tuple(levels[: 1 if name == "stripped" else 2]), reader, lossless)
+    return {name: FormatCase(path, tuple(levels[: 1 if "stripped" in name else 2]), reader, lossless)
             for name, (path, reader, lossless) in cases.items()}

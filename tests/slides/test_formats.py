@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from pluto.errors import QuarantineReason
-from pluto.slides import open_slide, preflight, read_tile
+from pluto.slides import ingest, open_slide, preflight, read_tile
 from pluto.slides.decode_check import MAX_ABS_DIFF, MAX_MEAN_ABS_DIFF, decode_difference
 
 FORMATS = ["jpeg_ycbcr", "aperio_j2k_ycbcr", "aperio_j2k_rgb", "j2k", "webp", "lzw_rgb", "lzw_ycbcr", "lzw_cmyk",
-           "deflate", "zstd", "none", "stripped", "ome_subifd"]  # fmt: skip
+           "deflate", "zstd", "none", "stripped", "packbits_stripped", "packbits_tiled", "ome_subifd"]  # fmt: skip
 
 
 def _errors(read: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -147,3 +147,11 @@ def test_dicom_series_is_one_catalog_row(tmp_path: Path, openslide_fixtures: Pat
     assert dicom.slide_id == hashlib.sha256("\n".join(ids).encode()).hexdigest()
     with open_slide(dicom.path) as h:
         assert h.reader == "openslide" and h.series_uid
+
+
+def test_bundled_monuseg_regions_ingest_with_their_mpp_overrides(tmp_path: Path, shared_data: Path) -> None:
+    """Real stripped PackBits and LZW TIFFs (20 MoNuSeg H&E regions): every one is read, none quarantined."""
+    src = shared_data / "regions_monuseg"
+    catalog = ingest(str(src / "images"), tmp_path / "work", mpp_overrides_csv=src / "mpp_overrides.csv")
+    assert len(catalog) == 20 and (catalog["status"] == "ok").all(), catalog.loc[catalog["status"] != "ok", ["file_name", "detail"]]
+    assert set(catalog["mpp_source"]) == {"override"}
