@@ -149,6 +149,8 @@ class Tracker:
         if tracking_uri and importlib.util.find_spec("mlflow") is None:
             log.warning("mlflow is not installed: tracking to %s only", self.jsonl_path)
             tracking_uri = ""
+        if tracking_uri:
+            check_login(tracking_uri)  # a wrong password stops the job here, before any record, not days later
         self.tracking_uri, self.experiment = tracking_uri, experiment
         self.run_name = run_name or self.jsonl_path.parent.name
         self.run_id_path = Path(run_id_path) if run_id_path else None
@@ -181,7 +183,6 @@ class Tracker:
             self.set_tags(all_tags)
         if not tracking_uri:
             return
-        check_login(tracking_uri)  # a wrong password stops the job here, not days later
         if connect_now:
             self._attempt(self._send_once)
         self._thread = threading.Thread(target=self._sender, name="pluto-mlflow-sender", daemon=True)

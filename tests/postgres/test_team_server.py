@@ -166,6 +166,7 @@ def test_a_wrong_password_stops_a_job_at_start_naming_the_server_not_the_passwor
     assert message.startswith(f"MLflow at {team_mlflow.url} refused the login (HTTP 401)")
     assert "MLFLOW_TRACKING_USERNAME" in message and "MLFLOW_TRACKING_PASSWORD" in message and wrong not in message
     assert list_checkpoints(tmp_path / "run" / "checkpoints") == [] and not (tmp_path / "run" / "mlflow_run_id").exists()
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # no session a later sync would turn into an empty run
     _never_written(team_mlflow, tmp_path, caplog, wrong, team_mlflow.user_password)
 
 
