@@ -21,6 +21,7 @@ import numpy as np
 
 MIDNIGHT_HSV_MIN_FRAC = 0.60  # Midnight paper: ">= 60% of its pixels"
 MIDNIGHT_FOREGROUND_MIN_FRAC = 0.40  # Midnight paper: "foreground area threshold set to 40%"
+SCORE_CHUNK = 4  # tiles per pass in `tile_scores`: 224-px intermediates of 4 tiles stay in cache
 
 
 @dataclass(frozen=True)
@@ -99,14 +100,22 @@ def tile_scores(tiles: np.ndarray, hsv_range: HSVRange = HSVRange(), min_saturat
     `hsv_frac`: as `hsv_fraction`; `fg_frac`: fraction of pixels more saturated than
     `min_saturation` (the tissue mask's floor, `QCParams.tissue_min_saturation`: glass is grey or
     white, stained tissue is not), Midnight's foreground on the tile's own pixels; `blur_var`: as
-    `blur_variance`. Tiling scores every candidate tile with it, so it must keep up with the reads.
+    `blur_variance`. Tiling scores every candidate tile with it, so it must keep up with the reads:
+    the batch is worked through `SCORE_CHUNK` tiles at a time, so the intermediate images stay in
+    the CPU cache (a third faster per core than whole 64-tile batches in bench_qc).
     """
     batch = _batch(tiles)
     n, h, w, _ = batch.shape
     if h < 3 or w < 3:
         raise ValueError(f"tiles must be at least 3 x 3 px for a Laplacian, got {h} x {w}")
-    image = _as_image(batch)
-    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
-    saturated = cv2.inRange(hsv, (0, min_saturation + 1, 0), (255, 255, 255))
-    return {"hsv_frac": _fractions(_in_range(hsv, hsv_range), n, h, w), "fg_frac": _fractions(saturated, n, h, w),
-            "blur_var": _laplacian_variance(image, n, h, w)}
+    out = {k: np.empty(n) for k in ("hsv_frac", "fg_frac", "blur_var")}
+    for start in range(0, n, SCORE_CHUNK):
+        part = batch[start:start + SCORE_CHUNK]
+        m = len(part)
+        image = _as_image(part)
+        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+        saturated = cv2.inRange(hsv, (0, min_saturation + 1, 0), (255, 255, 255))
+        out["hsv_frac"][start:start + m] = _fractions(_in_range(hsv, hsv_range), m, h, w)
+        out["fg_frac"][start:start + m] = _fractions(saturated, m, h, w)
+        out["blur_var"][start:start + m] = _laplacian_variance(image, m, h, w)
+    return out
