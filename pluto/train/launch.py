@@ -34,6 +34,8 @@ LAUNCHERS = ("local", "slurm", "kubeflow")
 FINISHED = ("succeeded", "failed")
 # sacct states that end a job for good (anything else unlisted reads "unknown" and `wait` keeps polling)
 SLURM_FAILED = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE")
+# states of a job that will run (again): queued, requeued or held
+SLURM_WAITING = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED", "STOPPED")
 
 
 def write_run_config(cfg: TrainConfig) -> Path:
@@ -46,15 +48,23 @@ def _values(cfg: TrainConfig, config_path: str) -> dict[str, object]:
     c = cfg.cluster
     # PyTorchJob pods take credentials from Kubernetes secrets by reference, never inline in the manifest
     env_from = "[" + ", ".join(f"{{secretRef: {{name: {name}}}}}" for name in (c.s3_secret, c.mlflow_secret) if name) + "]"
+    cpus_per_node = c.cpus_per_gpu * c.gpus_per_node
     return {
-        **c.to_dict(), "cpus_per_node": c.cpus_per_gpu * c.gpus_per_node, "workers": c.nodes - 1,
-        "run_dir": cfg.run_dir, "config_path": config_path, "env_from": env_from,
+        **c.to_dict(), "cpus_per_node": cpus_per_node, "cpus_per_task": c.cpus_per_task or cpus_per_node,
+        "ranks_per_node": c.ranks_per_node, "workers": c.nodes - 1, "run_dir": cfg.run_dir, "config_path": config_path,
+        "env_from": env_from,
     }
 
 
 def render_sbatch(cfg: TrainConfig, config_path: str, template_dir: Path = DEPLOY_DIR) -> str:
-    """The Slurm batch script: srun starts one torchrun agent per node (c10d on the first node)."""
-    return Template((template_dir / "slurm" / "pretrain.sbatch.tmpl").read_text()).substitute(_values(cfg, config_path))
+    """The Slurm batch script: srun starts one torchrun agent per node (c10d on the first node).
+
+    A CPU job (`gpus_per_node` 0) asks for no GPUs: its torchrun runs `cpu_ranks_per_node` gloo ranks.
+    """
+    text = Template((template_dir / "slurm" / "pretrain.sbatch.tmpl").read_text()).substitute(_values(cfg, config_path))
+    if cfg.cluster.gpus_per_node:
+        return text
+    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith("#SBATCH --gpus-per-node="))
 
 
 def render_pytorchjob(cfg: TrainConfig, config_path: str, template_dir: Path = DEPLOY_DIR) -> str:
@@ -73,12 +83,14 @@ def render_pytorchjob(cfg: TrainConfig, config_path: str, template_dir: Path = D
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def _run(cmd: list[str]) -> str:
+def _run(cmd: list[str], check: bool = True) -> str:
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     except FileNotFoundError as exc:
         raise PlutoError(f"{cmd[0]}: not found on PATH; is this a login node with the cluster tools?") from exc
     if out.returncode != 0:
+        if not check:
+            return ""
         raise PlutoError(f"{shlex.join(cmd)} failed ({out.returncode}): {out.stderr.strip()[:500]}")
     return out.stdout.strip()
 
@@ -206,20 +218,65 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def slurm_state(raw: str) -> str:
+    """A squeue/sacct job state (`CANCELLED by 0` included) as a launcher state."""
+    word = raw.split()[0] if raw.strip() else "UNKNOWN"
+    if word in SLURM_FAILED:
+        return "failed"
+    return {"COMPLETED": "succeeded", "RUNNING": "running", "COMPLETING": "running", "SIGNALING": "running",
+            "STAGE_OUT": "running", "CONFIGURING": "running", "RESIZING": "running"}.get(
+        word, "pending" if word in SLURM_WAITING else "unknown")
+
+
 class SlurmLauncher(Launcher):
-    """sbatch the rendered script (saved as `<run_dir>/pretrain.sbatch`); squeue/sacct for state."""
+    """sbatch the rendered script (saved as `<run_dir>/pretrain.sbatch`); squeue/sacct for state.
+
+    The job gets the submitting environment (`--export=ALL`): that is how credentials such as
+    MLFLOW_TRACKING_USERNAME/PASSWORD reach the ranks without being written into the script or the
+    run directory. The state comes from squeue while slurmctld holds the job: a requeued job (node
+    lost, preempted, stopped on a signal after a checkpoint) is pending there, whereas sacct's newest
+    record can still be the attempt that just ended (NODE_FAIL). sacct answers after the job has left
+    slurmctld's memory (MinJobAge). Each ended attempt is logged once, with its end state and node.
+    """
+
+    def __init__(self) -> None:
+        self._reported: dict[str, int] = {}
 
     def submit(self, cfg: TrainConfig) -> str:
         config_path = write_run_config(cfg)
         script = Path(cfg.run_dir) / "pretrain.sbatch"
         script.write_text(render_sbatch(cfg, str(config_path)))
-        return _run(["sbatch", "--parsable", str(script)]).split(";")[0]
+        return _run(["sbatch", "--parsable", "--export=ALL", str(script)]).split(";")[0]
 
     def status(self, job_id: str) -> str:
+        self.report_attempts(job_id)
+        cmd = ["squeue", "-j", job_id, "--noheader", "--format", "%T"]
+        live = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if live.stdout.strip():
+            return slurm_state(live.stdout.strip().splitlines()[0])
+        if live.returncode != 0 and "Invalid job id" not in live.stderr:  # slurmctld busy or restarting: ask again later
+            log.warning("%s failed (%d): %s", shlex.join(cmd), live.returncode, live.stderr.strip()[:300])
+            return "unknown"
         state = _run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"]).splitlines()
-        raw = state[0].split()[0] if state else "UNKNOWN"
-        return {"PENDING": "pending", "RUNNING": "running", "REQUEUED": "pending", "COMPLETED": "succeeded"}.get(
-            raw, "failed" if raw in SLURM_FAILED else "unknown")
+        return slurm_state(state[0] if state else "")
+
+    def attempts(self, job_id: str) -> list[dict[str, str]]:
+        """Every run of the job, oldest first (sacct --duplicates): state, node list, exit code, start, end."""
+        fields = ("State", "NodeList", "ExitCode", "Start", "End")
+        out = _run(["sacct", "-j", job_id, "-X", "-D", "-n", "-P", "-o", ",".join(fields)], check=False)
+        return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
+
+    def report_attempts(self, job_id: str) -> list[dict[str, str]]:
+        """Log each attempt that ended since the last call (why the job was requeued); returns them all."""
+        runs = self.attempts(job_id)
+        ended = runs[:-1]  # the newest record is the current attempt
+        done = self._reported.get(job_id, 0)
+        for i in range(done, len(ended)):
+            run = ended[i]
+            log.warning("slurm job %s: attempt %d ended %s on %s at %s (exit %s); requeued", job_id, i + 1, run["State"],
+                        run["NodeList"], run["End"], run["ExitCode"])
+        self._reported[job_id] = max(done, len(ended))
+        return runs
 
     def find(self, cfg: TrainConfig) -> str | None:
         """Own pending/running job of that name (`--me`: another user's job of the same name is not ours)."""
@@ -278,15 +335,16 @@ def launch(cfg: TrainConfig, kind: str = "local", *, nproc_per_node: int | None 
            timeout_s: float = 86400.0) -> tuple[str, str]:
     """Preflight, then submit (or re-attach to the running job of the same name); returns (job id, state).
 
-    The preflight uses the cluster's world size and GPU memory for slurm/kubeflow, the local
-    process count (and no memory check on CPU) for local runs.
+    The preflight uses the cluster's world size and GPU memory for slurm/kubeflow (no memory check
+    for a CPU job), the local process count (and no memory check on CPU) for local runs.
     """
     launcher = make_launcher(kind, cfg, nproc_per_node)
     if kind == "local":
         world, gpu_bytes = (nproc_per_node or 1), None
         cfg = replace(cfg, cluster=replace(cfg.cluster, nodes=1, gpus_per_node=world))
     else:
-        world, gpu_bytes = cfg.cluster.world_size, cfg.cluster.gpu_memory_gb * 1e9
+        world = cfg.cluster.world_size
+        gpu_bytes = cfg.cluster.gpu_memory_gb * 1e9 if cfg.cluster.gpus_per_node else None
     check_config(cfg, world, gpu_bytes)
     existing = launcher.find(cfg)
     if existing:
@@ -295,5 +353,5 @@ def launch(cfg: TrainConfig, kind: str = "local", *, nproc_per_node: int | None 
     else:
         job_id = launcher.submit(cfg)
         log.info("submitted %s job %s", kind, job_id)
-    state = launcher.wait(job_id, timeout_s=timeout_s, poll_s=2.0 if kind == "local" else 30.0) if wait else launcher.status(job_id)
+    state = launcher.wait(job_id, timeout_s=timeout_s, poll_s=2.0 if kind == "local" else cfg.cluster.poll_s) if wait else launcher.status(job_id)
     return job_id, state

@@ -1,5 +1,6 @@
-"""Cluster files rendered from the train settings (structure and values), and the launchers' decisions
-(re-attach, submit, state) on replayed squeue/sacct/sbatch/kubectl outputs."""
+"""Cluster files rendered from the train settings (structure and values), and the Kubeflow launcher's
+decisions (re-attach, replace) on replayed kubectl outputs. The Slurm launcher runs on a real Slurm
+cluster in tests/slurm."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import yaml
 from pluto.errors import ConfigError
 from pluto.train.config import ClusterSpec
 from pluto.train.recipes import recipe_config
-from pluto.train.launch import KubeflowLauncher, SlurmLauncher, launch, render_pytorchjob, render_sbatch
+from pluto.train.launch import KubeflowLauncher, launch, render_pytorchjob, render_sbatch, slurm_state
 
 G = recipe_config("pluto_4g", activation_checkpointing=True, run_dir="/shared/runs/g1",
                 cluster=ClusterSpec(job_name="pluto-4g-run1", s3_secret="pluto-s3"))
@@ -59,10 +60,23 @@ def test_sbatch_runs_one_torchrun_agent_per_node_with_c10d(tmp_path):
     assert max(i for i, ln in enumerate(lines) if ln.startswith("#SBATCH")) < first_command  # sbatch stops reading there
     assert 'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in text
     assert '--rdzv-endpoint="${head_node}:29500"' in text and "--max-restarts=3" in text
-    assert "srun --kill-on-bad-exit=1 torchrun" in text and text.rstrip().endswith("-m pluto.train /shared/runs/g1/train_config.json")
+    assert "srun --kill-on-bad-exit=1 torchrun" in text and "--nproc-per-node=8" in text
+    assert "-m pluto.train /shared/runs/g1/train_config.json || rc=$?" in text
+    assert 'scontrol requeue "$SLURM_JOB_ID"' in text  # stopped on a signal after a new checkpoint: resume in a new attempt
     script = tmp_path / "job.sbatch"
     script.write_text(text)
     assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0  # valid shell syntax
+
+
+def test_cpu_sbatch_asks_no_gpus_and_runs_the_configured_cpu_ranks():
+    cpu = replace(G, cluster=ClusterSpec(job_name="cpu-run", nodes=1, gpus_per_node=0, cpu_ranks_per_node=2, cpus_per_task=2,
+                                         partition="debug", rdzv_port=31234, time_limit="00:20:00"))
+    text = render_sbatch(cpu, "/r/train_config.json")
+    directives = dict(re.findall(r"^#SBATCH --([\w-]+)(?:=(.*))?$", text, flags=re.MULTILINE))
+    assert not [d for d in directives if d.startswith("gpu")]
+    assert (directives["cpus-per-task"], directives["partition"], directives["nodes"]) == ("2", "debug", "1")
+    assert "--nproc-per-node=2" in text and '--rdzv-endpoint="${head_node}:31234"' in text
+    assert cpu.cluster.world_size == 2
 
 
 def test_cluster_launch_runs_the_preflight_before_submitting(tmp_path):
@@ -77,20 +91,18 @@ CLI_DATA = Path(__file__).parent / "data" / "cluster_cli"
 
 @pytest.fixture
 def cluster_cli(tmp_path, monkeypatch):
-    """Stand-in squeue/sacct/sbatch/kubectl on PATH that print the replayed outputs in data/cluster_cli
-    (see its README) and log their argv; `set(name, text)` chooses what a command prints."""
+    """A stand-in kubectl on PATH that prints the replayed outputs in data/cluster_cli (see its README)
+    and logs its argv; `set(name, text)` chooses what a command prints."""
     bin_dir, out_dir = tmp_path / "bin", tmp_path / "cli-out"
     bin_dir.mkdir()
     out_dir.mkdir()
     log = tmp_path / "cli.log"
-    for tool in ("squeue", "sacct", "sbatch"):
-        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {log}\ncat {out_dir}/{tool}\n')
     (bin_dir / "kubectl").write_text(
         f'#!/bin/sh\necho "kubectl $*" >> {log}\ncase "$*" in\n'
         f'  *"-o name"*) cat {out_dir}/kubectl-name ;;\n  *"-o json"*) cat {out_dir}/kubectl-json ;;\nesac\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)
-    for name in ("squeue", "sacct", "sbatch", "kubectl-name", "kubectl-json"):
+    for name in ("kubectl-name", "kubectl-json"):
         (out_dir / name).write_text("")
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
 
@@ -104,28 +116,12 @@ def cluster_cli(tmp_path, monkeypatch):
     return CLI()
 
 
-def test_slurm_launch_reattaches_to_our_running_job_instead_of_submitting(cluster_cli, tmp_path):
-    cluster_cli.set("squeue", (CLI_DATA / "squeue_running.txt").read_text())
-    cluster_cli.set("sacct", "RUNNING\n")
-    assert launch(replace(G, run_dir=str(tmp_path)), "slurm", wait=False) == ("4242", "running")
-    calls = cluster_cli.calls()
-    assert calls[0] == "squeue --me --name pluto-4g-run1 --noheader --format %i"
-    assert not any(c.startswith("sbatch") for c in calls) and not (tmp_path / "pretrain.sbatch").exists()
-
-
-def test_slurm_launch_submits_when_no_job_of_that_name_is_queued(cluster_cli, tmp_path):
-    cluster_cli.set("sbatch", (CLI_DATA / "sbatch_parsable.txt").read_text())
-    cluster_cli.set("sacct", "PENDING\n")
-    assert launch(replace(G, run_dir=str(tmp_path)), "slurm", wait=False) == ("4343", "pending")
-    assert f"sbatch --parsable {tmp_path / 'pretrain.sbatch'}" in cluster_cli.calls()
-    assert "#SBATCH --job-name=pluto-4g-run1" in (tmp_path / "pretrain.sbatch").read_text()
-
-
-@pytest.mark.parametrize("sacct, state", [("COMPLETED", "succeeded"), ("CANCELLED by 1000", "failed"), ("BOOT_FAIL", "failed"),
-                                          ("DEADLINE", "failed"), ("REQUEUED", "pending"), ("", "unknown")])
-def test_slurm_status_reads_sacct_states(cluster_cli, sacct, state):
-    cluster_cli.set("sacct", sacct + "\n")
-    assert SlurmLauncher().status("4242") == state
+@pytest.mark.parametrize("raw, state", [("COMPLETED", "succeeded"), ("CANCELLED by 1000", "failed"), ("BOOT_FAIL", "failed"),
+                                        ("DEADLINE", "failed"), ("NODE_FAIL", "failed"), ("REQUEUED", "pending"),
+                                        ("REQUEUE_HOLD", "pending"), ("COMPLETING", "running"), ("", "unknown")])
+def test_slurm_states_map_to_launcher_states(raw, state):
+    """squeue/sacct state words; the real cluster's transitions are followed in tests/slurm."""
+    assert slurm_state(raw) == state
 
 
 def test_kubeflow_launch_reattaches_to_a_running_pytorchjob(cluster_cli, tmp_path):
