@@ -5,10 +5,14 @@ bottleneck L2-normalised, then a bias-free prototype layer whose rows are normal
 length (weight norm with the gain fixed to 1). Logits are therefore cosine similarities in
 [-1, 1]: the temperatures alone set their sharpness, which is what keeps the head from the
 overflows PLUTO-4 §3.2 reports. The prototype layer is `last_layer`, frozen at the start of
-training (`pluto.ssl.optim.cancel_last_layer_grads`).
+training (`pluto.ssl.optim.cancel_last_layer_grads`). The MLP starts trunc-normal (std 0.02), the
+prototypes as `nn.Linear`'s default, as dinov2 builds its `last_layer` after the MLP's init: only
+their direction enters the logits, but their norm sets how fast Adam turns them.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +26,7 @@ class PrototypeLayer(nn.Module):
     def __init__(self, in_dim: int, n_prototypes: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n_prototypes, in_dim))
-        trunc_normal_(self.weight, std=0.02)
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's default, as dinov2's weight_v
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, F.normalize(self.weight, dim=-1))
