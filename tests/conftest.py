@@ -129,3 +129,19 @@ def mlflow_server(tmp_path_factory):
     svc = start_mlflow(tmp_path_factory.mktemp("mlflow-store"))
     yield svc
     svc.stop()
+
+
+def basic_auth_env(home: Path, admin_password: str) -> tuple[dict[str, str], str]:
+    """`mlflow server --app-name basic-auth`'s variables for the committed `mlflow/basic_auth.ini` with its
+    user store moved under `home`, and the admin's user name; a fresh Flask secret."""
+    import configparser
+    import secrets
+
+    ini = configparser.ConfigParser()
+    ini.read(REPO / "mlflow" / "basic_auth.ini")
+    ini["mlflow"]["database_uri"] = f"sqlite:///{home / 'basic_auth.db'}"
+    with open(home / "basic_auth.ini", "w") as fh:
+        ini.write(fh)
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(home / "basic_auth.ini"), "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32)}
+    return env, ini["mlflow"]["admin_username"]

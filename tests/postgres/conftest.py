@@ -9,7 +9,6 @@ environment only, as the compose file passes them.
 
 from __future__ import annotations
 
-import configparser
 import os
 import secrets
 import shutil
@@ -25,7 +24,7 @@ import pytest
 
 from pluto.services import LOOPBACK, Service, free_port, start_mlflow
 from tests.chain.conftest import tiny_dirs  # noqa: F401 - the fixture: two saved pluto_tiny models
-from tests.conftest import TEST_AWS_KEY, TEST_AWS_SECRET
+from tests.conftest import TEST_AWS_KEY, TEST_AWS_SECRET, basic_auth_env
 from tests.train.conftest import tiles_manifest, tiny_config  # noqa: F401 - the fixtures: CMU tiles, a CPU-sized TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,16 +123,9 @@ def team_mlflow(tmp_path_factory, moto_server) -> Iterator[TeamServer]:
     bucket = f"pluto-mlflow-{secrets.token_hex(4)}"
     boto3.client("s3", endpoint_url=moto_server.url, region_name="us-east-1", aws_access_key_id=TEST_AWS_KEY,
                  aws_secret_access_key=TEST_AWS_SECRET).create_bucket(Bucket=bucket)
-    ini = configparser.ConfigParser()
-    ini.read(REPO / "mlflow" / "basic_auth.ini")  # the committed config; only the user store moves to the temp dir
-    ini["mlflow"]["database_uri"] = f"sqlite:///{home / 'basic_auth.db'}"
-    with open(home / "basic_auth.ini", "w") as fh:
-        ini.write(fh)
-    env = {
-        "AWS_ACCESS_KEY_ID": TEST_AWS_KEY, "AWS_SECRET_ACCESS_KEY": TEST_AWS_SECRET, "MLFLOW_S3_ENDPOINT_URL": moto_server.url,
-        "MLFLOW_AUTH_CONFIG_PATH": str(home / "basic_auth.ini"), "MLFLOW_AUTH_ADMIN_PASSWORD": secrets.token_urlsafe(16),
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32),
-    }
+    auth_env, _ = basic_auth_env(home, secrets.token_urlsafe(16))  # the committed config; only the user store moves
+    env = {"AWS_ACCESS_KEY_ID": TEST_AWS_KEY, "AWS_SECRET_ACCESS_KEY": TEST_AWS_SECRET, "MLFLOW_S3_ENDPOINT_URL": moto_server.url,
+           **auth_env}
     destination = f"s3://{bucket}/artifacts"
     with postgres_cluster(secrets.token_urlsafe(16)) as backend_uri:
         svc = start_mlflow(home, artifacts_destination=destination, backend_store_uri=backend_uri, app_name="basic-auth", env=env)

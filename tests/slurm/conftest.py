@@ -6,7 +6,6 @@ A missing Slurm, munge or MariaDB binary fails these tests (`make engines` insta
 
 from __future__ import annotations
 
-import configparser
 import json
 import secrets
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, basic_auth_env
 from tests.slurm.cluster import SlurmCluster, missing_engines, start_cluster
 from tests.train.conftest import make_tiny_config, tiles_manifest  # noqa: F401  (the train area's tile fixture)
 from pluto.services import free_port
@@ -53,16 +52,10 @@ def auth_mlflow(tmp_path_factory) -> Iterator[AuthMlflow]:
     from pluto.services import start_mlflow
 
     home = tmp_path_factory.mktemp("auth-mlflow")
-    ini = configparser.ConfigParser()
-    ini.read(REPO / "mlflow" / "basic_auth.ini")
-    ini["mlflow"]["database_uri"] = f"sqlite:///{home / 'basic_auth.db'}"
-    with open(home / "basic_auth.ini", "w") as fh:
-        ini.write(fh)
     password = secrets.token_urlsafe(16)
-    svc = start_mlflow(home, app_name="basic-auth", env={
-        "MLFLOW_AUTH_CONFIG_PATH": str(home / "basic_auth.ini"), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32)})
-    yield AuthMlflow(svc.url, ini["mlflow"]["admin_username"], password)
+    env, admin = basic_auth_env(home, password)
+    svc = start_mlflow(home, app_name="basic-auth", env=env)
+    yield AuthMlflow(svc.url, admin, password)
     svc.stop()
 
 
