@@ -437,7 +437,8 @@ def run(args) -> dict:
         "created": started, "machine": {**machine(), "device": args.device, "torch_threads": torch.get_num_threads(),
                                         "torch": torch.__version__,
                                         "uncommitted_library_files": uncommitted_library_files()},
-        "config": {"arch": cfg.arch, "recipe_overrides": list(cfg.recipe_overrides), "ssl": cfg.ssl.to_dict(), "steps": cfg.steps,
+        "config": {"arch": cfg.arch, "recipe_overrides": list(cfg.recipe_overrides), "set": list(args.set or []),
+                   "ssl": cfg.ssl.to_dict(), "steps": cfg.steps,
                    "batch": cfg.global_batch, "seed": cfg.seed, "checkpoint_steps": sorted(trained),
                    "step0_is_twin": model_id(trained[0]) == model_id(twin), "init_from": cfg.init_from or None,
                    "repeats": args.repeats, "folds": args.folds, "knn_k": KNN_K, "embedding": "cls",
@@ -485,7 +486,7 @@ def describe(result: dict) -> str:
             else "not the run's step-0 weights (another draw of the same initialisation)")
     return "\n".join([
         f"- Run: {c['arch']} with its recipe (`pluto.train.recipes`; set over it: "
-        f"{', '.join(c['recipe_overrides']) or 'nothing'}), {c['steps']} steps x batch {c['batch']}, seed {c['seed']}; "
+        f"{', '.join(c.get('set') or c['recipe_overrides']) or 'nothing'}), {c['steps']} steps x batch {c['batch']}, seed {c['seed']}; "
         f"pretraining tiles ({c['tile_px']} px at {'/'.join(f'{v:g}' for v in c['tile_mpps'])} um/px): {tiles}.",
         f"- Machine: {m['cpu']} ({m['device']}, {m['torch_threads']} torch thread(s), {m['cores']} cores shared with other jobs, "
         f"load {m['load_1min']} at start), torch {m['torch']}, git {m['git_sha']}"
@@ -518,6 +519,9 @@ def readme_body(results: dict[str, dict]) -> str:
         parts.append("### Diagnostic, not a result: SSL on the 32 CRC patches themselves (`--diagnostic-crc-ssl`)\n\n"
                      "Pretrained on the very images it is probed on (no labels), to tell the SSL code from data scarcity: a "
                      f"working DINO/iBOT should beat random init here.\n\n{describe(diag)}\n\n{table(diag)}")
+    experiments = RESULTS / f"{NAME}-experiments.md"
+    if experiments.is_file():  # recipe experiments, hand-summarised from `--set` runs (kept across regenerations)
+        parts.append(experiments.read_text().strip())
     parts.append(
         "Statistics: rows are mean ± std over the repeats (each repeat pools its out-of-fold predictions). The difference "
         "is paired per fold (repeats x folds pairs, each on the same test items after training on the same items), its SE "

@@ -17,13 +17,16 @@ def test_tiny_run_writes_paired_comparisons_curve_and_readme_section(tmp_path):
 
     out = tmp_path / "learning.json"
     result = main(["--steps", "2", "--checkpoints", "2", "--batch", "4", "--repeats", "3", "--folds", "3", "--workers", "0",
-                   "--tasks", "crc_tissue", "magnification", "qc_labels", "--out", str(out), "--no-readme"])
+                   "--tasks", "crc_tissue", "magnification", "qc_labels", "--out", str(out), "--no-readme",
+                   "--set", "ssl.teacher_temp=0.05", "--set", "ssl.centering=softmax"])
     assert out.is_file() and out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["mode"] == "result" and result["config"]["checkpoint_steps"] == [0, 1, 2]
     tiles = result["config"]["pretraining_tiles"]
     assert tiles["regions_monuseg"] > 0 and tiles["CMU-1-Small-Region.svs"] > 0
     assert result["train"]["steps"] == 2 and result["machine"]["git_sha"]
     assert {"global_batch", "batch_per_gpu"} <= set(result["config"]["recipe_overrides"])  # --batch 4 over the recipe's 8
+    assert result["config"]["ssl"]["teacher_temp"] == 0.05 and result["config"]["ssl"]["centering"] == "softmax"  # --set
+    assert result["config"]["set"] == ["ssl.teacher_temp=0.05", "ssl.centering=softmax"]
 
     rows = result["rows"]
     assert {r["encoder"] for r in rows} == {"trained", "random_init", "mean_rgb"}
