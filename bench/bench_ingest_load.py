@@ -152,6 +152,7 @@ def cohort_consistency(work: Path) -> dict:
     ok = catalog[catalog["status"] == "ok"]
     ok_ids, qc_ids, tiled_ids = set(ok["slide_id"]), set(qc["slide_id"]), set(manifest["slide_id"])
     qc_kept = set(qc.loc[qc["n_keep"] > 0, "slide_id"])
+    pixel_rejected = set(tiling.groupby("slide_id")["n_pixel_rejected"].sum().loc[lambda n: n > 0].index)
     paths = dict(zip(ok["slide_id"], ok["path"]))
     checks = {
         "duplicate slide ids in catalog": int(catalog["slide_id"].duplicated().sum()),
@@ -160,7 +161,8 @@ def cohort_consistency(work: Path) -> dict:
         "QC rows of slides not ok in the catalog": len(qc_ids - ok_ids),
         "manifest slide ids not ok in the catalog": len(tiled_ids - ok_ids),
         "manifest slide ids without QC": len(tiled_ids - qc_ids),
-        "slides with kept QC cells but no tiles": len(qc_kept - tiled_ids),
+        # a slide whose every candidate failed the tile's own pixel filters legitimately has none
+        "slides with kept QC cells but no tiles": len(qc_kept - tiled_ids - pixel_rejected),
         "manifest rows whose path is not the catalog path": int((manifest["path"] != manifest["slide_id"].map(paths)).sum()),
         "tiling summary tiles != manifest rows": abs(int(tiling["n_tiles"].sum()) - len(manifest)),
         "slides in tiling summary != ok slides": len(set(tiling["slide_id"]) ^ ok_ids),
