@@ -6,7 +6,6 @@ A missing Slurm, munge or MariaDB binary fails these tests (`make engines` insta
 
 from __future__ import annotations
 
-import json
 import secrets
 import subprocess
 import sys
@@ -80,14 +79,6 @@ def run_pretrain(settings: Path, env: dict[str, str], timeout_s: float = 600) ->
     return subprocess.run(pretrain_cmd(settings), capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout_s)
 
 
-def losses(run_dir: Path) -> dict[int, float]:
-    """Last logged loss per step (a resumed attempt would overwrite the steps it repeats)."""
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            out[rec["step"]] = rec["loss"]
-    return out
 
 
 def wait_for(pred: Callable[[], object], timeout_s: float, what: str, diagnose: Callable[[], str] = lambda: ""):

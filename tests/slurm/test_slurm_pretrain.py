@@ -16,7 +16,8 @@ import pytest
 
 from pluto.models import load_model
 from tests.conftest import REPO
-from tests.slurm.conftest import (CKPT_EVERY, STEPS, job_ids, job_output, job_state, losses, pretrain_cmd, run_pretrain, wait_for,
+from tests.train.conftest import step_losses
+from tests.slurm.conftest import (CKPT_EVERY, STEPS, job_ids, job_output, job_state, pretrain_cmd, run_pretrain, wait_for,
                                   write_settings)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -71,7 +72,7 @@ def followed_run(slurm, tiles_manifest, auth_mlflow, tmp_path_factory) -> Follow
 
 @pytest.fixture(scope="module")
 def reference_losses(followed_run) -> dict[int, float]:
-    got = losses(followed_run.run_dir)
+    got = step_losses(followed_run.run_dir)
     assert sorted(got) == list(range(1, STEPS + 1))
     return got
 
@@ -119,7 +120,7 @@ def test_preemption_signal_checkpoints_requeues_and_resumes_on_the_same_curve(sl
     assert f"attempt 1 of job {job} on {slurm.node}, from checkpoint ckpt-{stopped_at}.pt" in text
     assert f"slurm job {job}: attempt 1 ended REQUEUED" in err and f"slurm job {job}: succeeded" in out
     assert job_ids(slurm, "pluto-preempt") == [job]  # requeued, not resubmitted
-    got = losses(run_dir)
+    got = step_losses(run_dir)
     assert sorted(got) == list(range(1, STEPS + 1))
     assert got == pytest.approx(reference_losses, rel=1e-5, abs=1e-6)
 
@@ -143,6 +144,6 @@ def test_lost_node_requeues_the_job_which_resumes_from_its_last_checkpoint(slurm
     resumed_from = text.split(f"attempt 1 of job {job} on {slurm.node}, from checkpoint ckpt-")[1][:9]
     assert int(resumed_from) >= CKPT_EVERY and int(resumed_from) % CKPT_EVERY == 0  # the last periodic one: no signal came
     assert job_ids(slurm, "pluto-node") == [job]
-    got = losses(run_dir)
+    got = step_losses(run_dir)
     assert sorted(got) == list(range(1, STEPS + 1))
     assert got == pytest.approx(reference_losses, rel=1e-5, abs=1e-6)

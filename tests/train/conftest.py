@@ -41,3 +41,13 @@ def make_tiny_config(run_dir: Path, data: Path, **changes) -> TrainConfig:
                        steps=4, precision="fp32", num_workers=0, ckpt_every=2, keep_ckpts=3, max_consecutive_nan=2,
                        cluster=ClusterSpec(job_name="t", max_restarts=0))
     return replace(base, **changes)
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    """Last logged loss per step of a run's metrics.jsonl (a restarted or requeued attempt overwrites the steps it repeats)."""
+    out = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            out[rec["step"]] = rec["loss"]
+    return out

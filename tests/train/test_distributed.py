@@ -14,16 +14,7 @@ import pytest
 
 from pluto.train.checkpoint import list_checkpoints, load_latest
 from pluto.train.launch import LocalLauncher, write_run_config
-
-
-def _losses(run_dir) -> dict[int, float]:
-    """Last logged loss per step (a restarted attempt overwrites the steps it repeats)."""
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            out[rec["step"]] = rec["loss"]
-    return out
+from tests.train.conftest import step_losses
 
 
 def _logs(run_dir) -> str:
@@ -52,7 +43,7 @@ def test_two_nodes_of_two_ranks_with_c10d_then_resume_on_one_rank(tmp_path, tile
 
     res = train(replace(cfg, steps=3))
     assert res.step == 3 and res.global_sample_index == 24
-    assert sorted(_losses(tmp_path)) == [1, 2, 3]
+    assert sorted(step_losses(tmp_path)) == [1, 2, 3]
 
 
 @pytest.mark.slow
@@ -73,7 +64,7 @@ def test_kill_9_of_a_rank_restarts_and_resumes_on_the_uninterrupted_curve(tmp_pa
     os.kill(victim, signal.SIGKILL)
     assert launcher.wait(job, timeout_s=600, poll_s=1) == "succeeded"
     assert "resumed from" in _logs(tmp_path / "run")  # the restarted attempt loaded the checkpoint
-    got, want = _losses(tmp_path / "run"), _losses(tmp_path / "ref")
+    got, want = step_losses(tmp_path / "run"), step_losses(tmp_path / "ref")
     assert sorted(got) == list(range(1, steps + 1))
     assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
 
@@ -92,7 +83,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path, tiles_manifest, tin
     assert proc.returncode == 143, out.decode()[-2000:]
     meta, _, _ = load_latest(tmp_path / "checkpoints")
     assert meta.step >= 1 and meta.global_sample_index == meta.step * cfg.global_batch
-    assert max(_losses(tmp_path)) == meta.step
+    assert max(step_losses(tmp_path)) == meta.step
 
 
 @pytest.mark.gpu
@@ -101,6 +92,6 @@ def test_one_gpu_nccl_smoke_run_of_the_same_entry_point(tmp_path, tiles_manifest
     launcher = LocalLauncher(nnodes=1, nproc_per_node=1)
     assert launcher.wait(launcher.submit(cfg), timeout_s=600, poll_s=1) == "succeeded", _logs(tmp_path)
     assert "process group: backend nccl" in _logs(tmp_path)
-    assert sorted(_losses(tmp_path)) == [1, 2]
+    assert sorted(step_losses(tmp_path)) == [1, 2]
     recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     assert all(r["gpu_mem_gb"] > 0 and "mfu" in r for r in recs)
