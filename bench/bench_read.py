@@ -58,28 +58,18 @@ def mirrored_source(tissue: np.ndarray) -> Callable[[int, int, int, int], np.nda
     return region
 
 
-def large_pyramid(cmu: Path, size: tuple[int, int], out_dir: Path) -> Path:
+def large_pyramid(cmu: Path, size: tuple[int, int], out_dir: Path, compression: str = "jpeg") -> Path:
+    """The bundled tissue mirrored to `size` at 0.25 um/px as a tiled pyramid (cached); JPEG at quality 80
+    (OpenSlide opens it), or e.g. "webp", which only the project's tifffile reader opens."""
     from pluto.slides import open_slide, write_pyramid
 
-    path = out_dir / f"cmu_mirror_{size[0]}x{size[1]}_0.25mpp.tiff"
+    suffix = "" if compression == "jpeg" else f"_{compression}"
+    path = out_dir / f"cmu_mirror_{size[0]}x{size[1]}_0.25mpp{suffix}.tiff"
     if not path.is_file():
         with open_slide(cmu) as h:
             tissue = h.read_level(0, 0, 0, h.info.width, h.info.height)
         n_levels = max(1, int(math.log2(max(size) / 1000)))
-        write_pyramid(path, mirrored_source(tissue), 0.25, n_levels, size=size, quality=80)
-    return path
-
-
-def webp_pyramid(cmu: Path, size: tuple[int, int], out_dir: Path) -> Path:
-    """The large pyramid's content as a tiled WebP TIFF (read by the project's tifffile reader)."""
-    from pluto.slides import open_slide, write_pyramid
-
-    path = out_dir / f"cmu_mirror_{size[0]}x{size[1]}_0.25mpp_webp.tiff"
-    if not path.is_file():
-        with open_slide(cmu) as h:
-            tissue = h.read_level(0, 0, 0, h.info.width, h.info.height)
-        n_levels = max(1, int(math.log2(max(size) / 1000)))
-        write_pyramid(path, mirrored_source(tissue), 0.25, n_levels, size=size, compression="webp")
+        write_pyramid(path, mirrored_source(tissue), 0.25, n_levels, size=size, compression=compression, quality=80)
     return path
 
 
@@ -320,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     big = large_pyramid(cmu, size, args.work)
     build_s = time.perf_counter() - t0
-    webp = webp_pyramid(cmu, (12_001, 11_999), args.work)
+    webp = large_pyramid(cmu, (12_001, 11_999), args.work, compression="webp")
     if args.cache_mib is not None:
         configure_tile_cache(args.cache_mib)
     cache_bytes = tile_cache().max_bytes
