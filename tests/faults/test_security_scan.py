@@ -188,19 +188,24 @@ def test_servers_started_by_pluto_services_listen_on_loopback_only(story, moto_s
 
 
 def test_local_dask_cluster_listens_on_loopback_only():
+    """Only the sockets the cluster opens count: earlier tests in this process may hold their own."""
     import psutil
     from distributed import LocalCluster
 
     from flows.common import local_cluster_kwargs
     from pluto.config import Settings
 
-    with LocalCluster(**{**local_cluster_kwargs(Settings()), "n_workers": 1}) as cluster:
+    def listening() -> set[tuple[int, str, int]]:
         me = psutil.Process()
-        listening = [c.laddr for p in (me, *me.children(recursive=True)) for c in p.net_connections("inet")
-                     if c.status == psutil.CONN_LISTEN]
-        ports = {a.port for a in listening}
+        return {(p.pid, c.laddr.ip, c.laddr.port) for p in (me, *me.children(recursive=True))
+                for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+
+    before = listening()
+    with LocalCluster(**{**local_cluster_kwargs(Settings()), "n_workers": 1}) as cluster:
+        opened = listening() - before
+        ports = {port for _, _, port in opened}
         assert cluster.scheduler.port in ports and int(cluster.dashboard_link.split(":")[2].split("/")[0]) in ports
-        assert {a.ip for a in listening} == {"127.0.0.1"}, listening
+        assert {ip for _, ip, _ in opened} == {"127.0.0.1"}, opened
 
 
 def test_mlflow_compose_documents_authentication():
