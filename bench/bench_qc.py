@@ -6,8 +6,8 @@ Both paths compute, per tile, the Midnight HSV fraction (H 90-180, S 8-255, V 10
 units), the foreground fraction (saturation > 20) and the variance of the Laplacian; their
 outputs are checked to agree.
 
-- `pluto`: `pluto.qc.filters.tile_scores` on batches of 64 tiles (one cv2 HSV and one grey
-  conversion per batch), what tiling runs on every candidate tile.
+- `pluto`: `pluto.qc.filters.tile_scores` on batches of 64 tiles (per tile: one cv2 HSV and one
+  grey conversion, cv2 reductions), what tiling runs on every candidate tile.
 - `naive`: per tile, cv2 HSV conversion, numpy range tests on the channels, grey by numpy
   weighted sum, Laplacian with `scipy.ndimage.laplace` in float64 (how such filters are commonly
   written).
