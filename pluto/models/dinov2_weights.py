@@ -43,6 +43,29 @@ def _strip_prefixes(key: str) -> str:
     return key
 
 
+def _fit_base_kernel(kernel: torch.Tensor, patch_embed: nn.Module) -> torch.Tensor:
+    """A saved (D, C, s, s) patch kernel as `patch_embed`'s (D, C, b, b) base kernel.
+
+    When s is one of the model's patch sizes (a model saved before the 32 x 32 FlexiViT kernel, warm
+    started today), the base kernel is the minimum-norm one whose PI-resize back to s is the saved
+    kernel exactly: the parent's function at p = s carries over unchanged, and at p = b the kernel
+    sees a base-size patch resized to s, FlexiViT's own semantics. (A PI-resize up to b would not
+    map back to the saved kernel.) Any other size (dinov2's 14) is PI-resized to b."""
+    base, size = patch_embed.base_patch_size, kernel.shape[-1]
+    if tuple(kernel.shape[-2:]) == (base, base):
+        return kernel
+    if size < base and size in patch_embed.patch_sizes and kernel.shape[-2] == size:
+        logger.info("fitting the %dx%d base kernel to the saved %dx%d one (exact at p=%d)", base, base, size, size, size)
+        n = base * base
+        basis = torch.eye(n, dtype=torch.float64).reshape(n, 1, base, base)
+        with torch.no_grad():  # the resampler is linear: its matrix, column by column
+            resize = patch_embed.resampler(basis, [size, size]).reshape(n, size * size).T  # (s*s, b*b)
+        flat = kernel.detach().to(torch.float64).reshape(-1, size * size)
+        return (flat @ torch.linalg.pinv(resize).T).reshape(*kernel.shape[:2], base, base).to(kernel.dtype)
+    logger.info("resampling patch kernel %s -> %dx%d (FlexiViT PI-resize)", tuple(kernel.shape[-2:]), base, base)
+    return resample_patch_embed(kernel, [base, base], interpolation=patch_embed.resampler.interpolation)
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """DINOv2-layout `state_dict` -> keys and shapes of `model` (a PlutoViT)."""
     if "teacher" in state_dict and isinstance(state_dict["teacher"], dict):
@@ -64,10 +87,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
             out[k.replace("qkv.bias", "v_bias")] = v_bias
             continue
         if k == "patch_embed.proj.weight":
-            base = model.patch_embed.base_patch_size
-            if tuple(value.shape[-2:]) != (base, base):
-                logger.info("resampling patch kernel %s -> %dx%d (FlexiViT PI-resize)", tuple(value.shape[-2:]), base, base)
-                value = resample_patch_embed(value, [base, base], interpolation=model.patch_embed.resampler.interpolation)
+            value = _fit_base_kernel(value, model.patch_embed)
         if k == "mask_token":
             value = value.reshape(1, -1)
         out[k] = value

@@ -90,8 +90,10 @@ def test_a_model_saved_before_the_32px_flexivit_kernel_loads_as_saved_and_warm_s
     x = torch.rand(2, 3, 112, 112)
     with torch.no_grad():
         assert torch.equal(loaded.forward_features(x, 16), old.forward_features(x, 16))
-    today = timm.create_model("pluto_tiny").eval()  # the warm start's target: PI-resized into the 32 x 32 kernel
+    today = timm.create_model("pluto_tiny").eval()  # the warm start's target: a 32 x 32 kernel fitted to the 16 x 16 one
     today.load_state_dict(checkpoint_filter_fn(loaded.state_dict(), today))
     assert today.patch_embed.proj.weight.shape[-2:] == (32, 32)
+    with torch.no_grad():  # the parent's function at p = 16 carries over (a PI-resize up to 32 and back would not)
+        torch.testing.assert_close(today.forward_features(x, 16), old.forward_features(x, 16), atol=1e-4, rtol=1e-4)
     with torch.no_grad():  # every other weight carries over unchanged
         assert all(torch.equal(v, today.state_dict()[k]) for k, v in loaded.state_dict().items() if k != "patch_embed.proj.weight")
