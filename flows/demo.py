@@ -17,7 +17,6 @@ import logging
 import os
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from pluto.config import load_settings
@@ -26,16 +25,14 @@ from pluto.services import start_services
 log = logging.getLogger("pluto.demo")
 
 def demo_overrides(work_dir: Path, mlflow_url: str) -> dict:
-    """Settings for the CPU demo: small tiles and crops, a short pretraining, the quick eval preset with its baselines."""
-    from pluto.ssl import ssl_preset
-
+    """Settings for the CPU demo: small tiles, a short pretraining of pluto_tiny (its recipe, `pluto config`
+    shows it, supplies crops, heads and batch), the quick eval preset with its baselines."""
     return {
         "paths": {"work_dir": str(work_dir)},
         "mlflow": {"tracking_uri": mlflow_url},
         "tiling": {"mpps": [0.5, 1.0, 2.0], "tile_pxs": [224]},
         "train": {
-            "arch": "pluto_tiny", "ssl": asdict(ssl_preset("demo")), "steps": 200, "batch_per_gpu": 8,
-            "global_batch": 8, "precision": "fp32", "num_workers": 0, "ckpt_every": 60, "keep_ckpts": 2,
+            "arch": "pluto_tiny", "steps": 200, "precision": "fp32", "num_workers": 0, "ckpt_every": 60, "keep_ckpts": 2,
         },
         "eval": {"preset": "quick", "baselines": True, "cache_dir": str(work_dir / "embeddings")},
         "chain": {"task_retries": 2, "retry_delay_s": 1.0, "auto_promote": True},  # the gate promotes

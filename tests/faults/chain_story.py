@@ -71,7 +71,7 @@ def _config(work: Path, src: Path, mlflow_url: str, s3_url: str, buckets: tuple[
     from flows.demo import demo_overrides
 
     base = demo_overrides(work, mlflow_url)
-    ssl = {**base["train"]["ssl"], "global_crop_px": 48, "local_crop_px": 32, "n_local_crops": 2, "head_hidden_dim": 64,
+    ssl = {"global_crop_px": 48, "local_crop_px": 32, "n_local_crops": 2, "head_hidden_dim": 64,
            "head_bottleneck_dim": 32, "n_prototypes": 256, "ibot_n_prototypes": 256, "koleo_weight": 0.0, "kde_weight": 0.05}
     return {
         **base,
