@@ -84,6 +84,9 @@ class TrainConfig:
     # drop_path_rate when uniform (dinov2's configs), else linear in depth (timm)
     drop_path_rate: float = 0.0
     drop_path_uniform: bool = True
+    # LayerScale's initial gamma (dinov2's student.layerscale): a block's residual branch starts at this
+    # scale, so at 1e-5 a short run's first hundreds of steps train a near-identity network
+    layerscale: float = 1e-5
     # fields (dotted, e.g. "ssl.base_lr") set over the arch's recipe (pluto.train.recipes); Settings fills it
     recipe_overrides: tuple[str, ...] = ()
     # data: a tile manifest directory/parquet (tiling) or a folder of image files (tests, demo)

@@ -59,6 +59,8 @@ def _model_problems(cfg: TrainConfig) -> list[str]:
         )
     if not 0 <= cfg.drop_path_rate < 1:
         problems.append(f"drop_path_rate={cfg.drop_path_rate} must be in [0, 1)")
+    if not 0 < cfg.layerscale <= 1:
+        problems.append(f"layerscale={cfg.layerscale} must be in (0, 1] (LayerScale's initial gamma; 0 would freeze every block)")
     if not 0 < cfg.ssl.layer_decay <= 1:
         problems.append(f"ssl.layer_decay={cfg.ssl.layer_decay} must be in (0, 1] (1.0: no decay, as dinov2's vitg14.yaml)")
     return problems

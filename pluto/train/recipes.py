@@ -81,6 +81,7 @@ def _dinov2_defaults() -> dict[str, Cited]:
         "ssl.freeze_last_layer_frac": d("optim.freeze_last_layer_epochs / optim.epochs", 0.01),
         "drop_path_rate": d("student.drop_path_rate", 0.3),
         "drop_path_uniform": d("student.drop_path_uniform", True),
+        "layerscale": d("student.layerscale", 1e-5),
     }
 
 

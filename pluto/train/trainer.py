@@ -104,8 +104,9 @@ def build_objective(cfg: TrainConfig, device: torch.device) -> nn.Module:
     import pluto.models  # noqa: F401 - registers the pluto_* architectures
     from pluto.ssl import DinoV2Objective
 
-    student = timm.create_model(cfg.arch, pretrained=False, drop_path_rate=cfg.drop_path_rate, drop_path_uniform=cfg.drop_path_uniform)
-    teacher = timm.create_model(cfg.arch, pretrained=False)  # no stochastic depth, as dinov2's build_model
+    student = timm.create_model(cfg.arch, pretrained=False, drop_path_rate=cfg.drop_path_rate, drop_path_uniform=cfg.drop_path_uniform,
+                                init_values=cfg.layerscale)
+    teacher = timm.create_model(cfg.arch, pretrained=False, init_values=cfg.layerscale)  # no stochastic depth, as dinov2's build_model
     if cfg.activation_checkpointing:
         student.set_grad_checkpointing(True)
     obj = DinoV2Objective(student, teacher, cfg.ssl).to(device)

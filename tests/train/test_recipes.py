@@ -153,3 +153,17 @@ def test_the_student_gets_the_stochastic_depth_and_the_run_logs_the_overrides(tm
     for line in (tmp_path / "metrics.jsonl").read_text().splitlines():
         params.update(json.loads(line).get("params", {}))
     assert (params["recipe_overrides"], params["drop_path_rate"], params["arch"]) == ("drop_path_rate", "0.2", "pluto_tiny")
+
+
+def test_layerscale_is_dinov2s_initial_gamma_of_student_and_teacher_and_zero_is_refused():
+    import torch
+
+    from pluto.train.trainer import build_objective
+
+    assert recipe_config("pluto_4s").layerscale == recipe_config("pluto_4g").layerscale == 1e-5  # student.layerscale
+    obj = build_objective(recipe_config("pluto_tiny", layerscale=0.1, ssl={"n_prototypes": 64, "ibot_n_prototypes": 64}), torch.device("cpu"))
+    for tower in (obj.student, obj.teacher):
+        gammas = [g for b in tower["backbone"].blocks for g in (b.gamma_1, b.gamma_2)]  # timm EvaBlock LayerScale
+        assert all(torch.all(g == 0.1) for g in gammas)
+    with pytest.raises(ConfigError, match="layerscale=0"):
+        check_config(recipe_config("pluto_tiny", layerscale=0.0), world_size=1)
