@@ -210,7 +210,7 @@ def checkpoint_teachers(cfg) -> dict[int, torch.nn.Module]:
     out = {}
     for path in list_checkpoints(Path(cfg.run_dir) / "checkpoints"):
         meta, state = load_checkpoint(path)
-        model = timm.create_model(cfg.arch, pretrained=False)
+        model = timm.create_model(cfg.arch, pretrained=False, init_values=cfg.layerscale)  # as built: its twin re-draws alike
         model.load_state_dict({k.removeprefix("backbone."): v for k, v in state["teacher"].items() if k.startswith("backbone.")})
         out[meta.step] = model.eval()
     return dict(sorted(out.items()))
