@@ -11,7 +11,7 @@ is the project's own: `pluto.train.trainer.train` with the arch's bound recipe
 Evaluation (pluto.eval, CLS embeddings): on every task, every encoder is scored on the same folds,
 `repeats` x `folds`-fold stratified (`stratified_folds`, seeds 0..repeats-1; region-grouped on the
 magnification set): the quick linear probe (`pooled_out_of_fold` around `fit_linear_probe`, as
-`cross_validated_probe`: fold f tests, fold f+1 is held out for validation, the rest trains) and a
+`cross_validated_probe`: fold f tests and, as the L-BFGS fit selects nothing on validation, every other fold trains) and a
 cosine kNN (`knn_accuracy`, k=5, trained on every other fold). Encoders: the teacher at step 0 (the
 run's own initialisation, rebuilt under the run's seed) and at each checkpoint ("trained"), the
 gate's random-init twin (`pluto.eval.baselines.random_init_twin` of the trained model), mean RGB
@@ -302,7 +302,7 @@ def score(x: np.ndarray, task: Task, plans: list[np.ndarray], n_folds: int) -> d
             probe_ratio.append(te.sum() / tr.sum())
             return fit.test_pred
 
-        probe_pooled.append(pooled_out_of_fold(fit_fold, y, n_folds, seed, task.groups))
+        probe_pooled.append(pooled_out_of_fold(fit_fold, y, n_folds, seed, task.groups, protocol.selects_on_validation))
         probe_folds.append(per_fold)
         accs, sizes = [], []
         for f in range(int(folds.max()) + 1):
@@ -527,8 +527,9 @@ def readme_body(results: dict[str, dict]) -> str:
         "is paired per fold (repeats x folds pairs, each on the same test items after training on the same items), its SE "
         "the corrected repeated k-fold cross-validation one, sd(d) x sqrt(1/n + n_test/n_train) (Bouckaert & Frank 2004, "
         "after Nadeau & Bengio 2003): folds that share training items are correlated, and the plain sd/sqrt(n) "
-        "understates the spread. On 32 images the n_test/n_train term dominates (the quick probe holds a validation fold "
-        "out of training, so it is 8/16 there) and more repeats cannot shrink it. \"gate floor's SE\" is what "
+        "understates the spread. On 32 images the n_test/n_train term dominates (8/24 for the quick probe, which trains "
+        "on every fold but the test fold; 8/16 before 2026-12-06, when it held out a validation fold it never used) and "
+        "more repeats cannot shrink it. \"gate floor's SE\" is what "
         "`pluto.registry.floor.check_floor` gives for the same two encoders from the per-repeat pooled scores (its Nadeau-"
         "Bengio term applied to the pooled scores' variance), for comparison. Random init is the gate's twin "
         "(`pluto.eval.baselines.random_init_twin` of the trained model); step 0 is the run's own initialisation (same "

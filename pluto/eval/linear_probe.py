@@ -68,6 +68,12 @@ class ProbeProtocol:
     lr_factor_epochs: int = CONSTANT_LR_EPOCHS
     bootstrap: bool = False  # lbfgs on a fixed split: each seed fits a stratified bootstrap resample
 
+    @property
+    def selects_on_validation(self) -> bool:
+        """AdamW keeps the best-validation checkpoint (eva); the convex L-BFGS fit selects nothing, so a fold held out
+        for it would only shrink the training set."""
+        return self.solver != "lbfgs"
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -243,13 +249,15 @@ def stratified_folds(labels, n_folds: int, seed: int, groups=None) -> np.ndarray
     return np.unique(folds, return_inverse=True)[1].reshape(-1)
 
 
-def pooled_out_of_fold(fit_fold, y, n_folds: int, seed: int, groups=None) -> float:
+def pooled_out_of_fold(fit_fold, y, n_folds: int, seed: int, groups=None, validate: bool = True) -> float:
     """Balanced accuracy of pooled out-of-fold predictions when a labeled set has no split.
 
     Fold f is the test fold, fold f+1 the validation fold (best-checkpoint selection), the rest
     train; `fit_fold(train_mask, val_mask, test_mask, fold_seed)` returns the test predictions. With
     2 folds (the smallest class has 2 or 3 items) nothing is left to hold out: the other fold both
     trains and validates, so selection sees training data only and the test fold stays unseen.
+    `validate=False` (a fit that selects nothing, `ProbeProtocol.selects_on_validation`): every
+    fold but the test fold trains, and the validation mask is empty.
     Pooling all N out-of-fold predictions before scoring keeps a small set's estimate stable.
     """
     y = np.asarray(y)
@@ -258,8 +266,14 @@ def pooled_out_of_fold(fit_fold, y, n_folds: int, seed: int, groups=None) -> flo
     pred = np.empty_like(y)
     for f in range(k):
         te = folds == f
-        va = folds == (f + 1) % k if k > 2 else ~te
-        pred[te] = fit_fold(~(te | va) if k > 2 else ~te, va, te, seed * 1000 + f)
+        if not validate:
+            va, tr = np.zeros_like(te), ~te
+        elif k > 2:
+            va = folds == (f + 1) % k
+            tr = ~(te | va)
+        else:
+            va = tr = ~te
+        pred[te] = fit_fold(tr, va, te, seed * 1000 + f)
     return balanced_accuracy(y, pred)
 
 
@@ -272,7 +286,7 @@ def cross_validated_probe(x, y, protocol: ProbeProtocol, seed: int, n_folds: int
     protocol = replace(protocol, bootstrap=False)
     return pooled_out_of_fold(
         lambda tr, va, te, s: fit_linear_probe(x[tr], y[tr], x[va], y[va], x[te], y[te], protocol, s, k, device).test_pred,
-        y, n_folds, seed, groups)
+        y, n_folds, seed, groups, protocol.selects_on_validation)
 
 
 def knn_accuracy(train_emb, train_y, test_emb, test_y, k: int = 20) -> float:

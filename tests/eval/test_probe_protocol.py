@@ -11,6 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+import pluto.eval.linear_probe as lp
 from pluto.eval.eva_protocol import EVA_TASKS
 from pluto.eval.labeled import DatasetLayoutError
 from pluto.eval.linear_probe import (CONSTANT_LR_EPOCHS, CONSTANT_LR_FACTOR, EVA_PROBE, GENERIC_TASK, QUICK_PROBE,
@@ -176,3 +177,23 @@ def test_pooled_cv_with_two_folds_trains_and_validates_on_the_other_fold():
     assert pooled_out_of_fold(fit_fold, y, n_folds=4, seed=0) == 1.0
     assert len(seen) == 2 and all(np.array_equal(tr, va) and np.array_equal(tr, ~te) for tr, va, te in seen)
     assert np.array_equal(seen[0][2], ~seen[1][2])  # each item is predicted exactly once
+
+
+def test_a_probe_that_selects_nothing_trains_on_every_fold_but_the_test_fold(monkeypatch):
+    """L-BFGS keeps no best-validation checkpoint, so holding a fold out for it would only cost training data (on the
+    bundled CRC set 16 instead of 24 of 32 images); eva's AdamW probe still validates on fold f+1."""
+    assert not QUICK_PROBE.selects_on_validation and EVA_PROBE.selects_on_validation
+    y = np.repeat(np.arange(8), 4)
+    x = np.random.default_rng(0).normal(size=(32, 6)).astype(np.float32)
+    seen = {}
+    real_fit = lp.fit_linear_probe
+
+    def spy(train_x, train_y, val_x, val_y, test_x, test_y, protocol, *a, **k):
+        seen.setdefault(protocol.solver, []).append((len(train_y), len(val_y), len(test_y)))
+        return real_fit(train_x, train_y, val_x, val_y, test_x, test_y, replace(protocol, steps=2), *a, **k)
+
+    monkeypatch.setattr(lp, "fit_linear_probe", spy)
+    cross_validated_probe(x, y, QUICK_PROBE, seed=0)
+    cross_validated_probe(x, y, EVA_PROBE, seed=0)
+    assert seen["lbfgs"] == [(24, 0, 8)] * 4
+    assert seen["adamw"] == [(16, 8, 8)] * 4
