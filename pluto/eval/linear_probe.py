@@ -249,6 +249,11 @@ def stratified_folds(labels, n_folds: int, seed: int, groups=None) -> np.ndarray
     return np.unique(folds, return_inverse=True)[1].reshape(-1)
 
 
+def training_folds(k: int, validate: bool) -> int:
+    """Folds that train in `pooled_out_of_fold` with k folds: the corrected SE's n_train / n_test."""
+    return k - 2 if validate and k > 2 else k - 1
+
+
 def pooled_out_of_fold(fit_fold, y, n_folds: int, seed: int, groups=None, validate: bool = True) -> float:
     """Balanced accuracy of pooled out-of-fold predictions when a labeled set has no split.
 

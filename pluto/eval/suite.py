@@ -27,7 +27,7 @@ from pluto.eval.eval_config import EvalConfig
 from pluto.eval.embeddings import input_px, model_id, resolve_model, patch_size_of
 from pluto.eval.images import ArrayImages, ImageFiles
 from pluto.eval.labeled import DatasetLayoutError, LabeledImages, check_classes, check_evaluable, read_labels_csv
-from pluto.eval.linear_probe import PROBE_PRESETS, ProbeProtocol, cross_validated_probe, fit_linear_probe, fold_count, probe_protocol_for
+from pluto.eval.linear_probe import PROBE_PRESETS, ProbeProtocol, cross_validated_probe, fit_linear_probe, fold_count, probe_protocol_for, training_folds
 from pluto.eval.records import EvalRecord, SuiteResult, suite_score
 from pluto.eval.report import write_report
 from pluto.eval.task_config import TaskConfig
@@ -151,7 +151,10 @@ def spread_over(data: _TaskData, task: TaskConfig, cfg: EvalConfig) -> str:
 
 def _records(task: TaskConfig, data: _TaskData, x: np.ndarray, cfg: EvalConfig, mid: str, ps: int | None, mode: str) -> EvalRecord:
     spread = spread_over(data, task, cfg)
-    folds = {"folds": fold_count(data.y, cfg.n_folds, data.groups)} if spread == "folds" else {}
+    folds = {}
+    if spread == "folds":
+        k = fold_count(data.y, cfg.n_folds, data.groups)
+        folds = {"folds": k, "train_folds": training_folds(k, probe_protocol_for(task.dataset, cfg.preset).selects_on_validation)}
     return EvalRecord(task.name, task.dataset, task.split, task.metric, probe_values(x, data, task, cfg), run_seeds(cfg),
                       f"linear_probe/{cfg.preset}", mid, ps, mode, extra={"spread_over": spread, **folds,
                       **({"incomplete": data.incomplete} if data.incomplete else {})})

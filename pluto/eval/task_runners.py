@@ -22,7 +22,7 @@ from pluto.eval.eval_config import EvalConfig
 from pluto.eval.hest import hest_fold_pearson
 from pluto.eval.images import ArrayImages, SlideTiles, resize_and_crop, resize_and_crop_mask
 from pluto.eval.labeled import DatasetLayoutError, check_evaluable
-from pluto.eval.linear_probe import pooled_out_of_fold
+from pluto.eval.linear_probe import fold_count, pooled_out_of_fold, training_folds
 from pluto.eval.records import EvalRecord
 from pluto.eval.segmentation import fit_segmentation, seg_protocol
 from pluto.eval.task_config import TaskConfig
@@ -106,8 +106,11 @@ def run_abmil(model: nn.Module, task: TaskConfig, cfg: EvalConfig, on_progress: 
                       for seed in seeds]
         else:
             values = [fit(*split_masks(splits, task), seed).test_balanced_accuracy for seed in seeds]
+        k = fold_count(y, cfg.n_folds, groups) if pooled else 0
+        folds = {"folds": k, "train_folds": training_folds(k, True)} if pooled else {}  # ABMIL keeps its best-validation epoch
         records.append(_record(task, values, seeds, f"abmil/{protocol.name}", model, mode, incomplete, n_bags=len(bags),
-                               eva_task=protocol.task, pad_size=protocol.pad_size, spread_over="folds" if pooled else "seeds"))
+                               eva_task=protocol.task, pad_size=protocol.pad_size, spread_over="folds" if pooled else "seeds",
+                               **folds))
     return records
 
 

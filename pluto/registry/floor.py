@@ -9,8 +9,10 @@ The runs of a pooled cross-validation record re-deal the folds of one data set, 
 correlated and the plain SE understates the spread; those records use the corrected repeated k-fold
 test (Nadeau & Bengio 2003, "Inference for the generalization error", Machine Learning 52:239-281;
 Bouckaert & Frank 2004): on per-fold values SE^2 = var_fold * (1/(J k) + n_test/n_train), with
-n_test/n_train = 1/(k - 1). A pooled run is about the mean of its k folds (var_fold ~ k var(d)), so
-on the J pooled values SE^2 = var(d) * (1/J + k/(k - 1)).
+n_test/n_train = 1/t, t the folds that train (the record's `train_folds`: k - 1 for the quick probe,
+k - 2 where a fold is held out for validation). A pooled run is about the mean of its k folds
+(var_fold ~ k var(d)), so on the J pooled values SE^2 = var(d) * (1/J + k/t); over several tasks the
+largest such inflation is used.
 Records on a fixed split (runs vary the seed or a bootstrap resample) use the plain SE.
 """
 
@@ -52,11 +54,14 @@ def _paired(result: dict[str, Any]) -> tuple[list[str], np.ndarray, float]:
     if not tasks:
         return [], np.zeros((0, 0)), 1.0
     diffs = np.array([np.subtract(model[t].values, twin[t].values) for t in tasks])
-    folds = [int(model[t].extra.get("folds", 0)) for t in tasks if model[t].extra.get("spread_over") == "folds"]
     n = diffs.shape[1]
-    k = min(folds) if folds else 0
-    inflation = (1 / n + k / (k - 1)) * n if k > 1 else 1.0
-    return tasks, diffs, inflation
+    terms = [1.0]  # plain SE: runs that vary a seed or a bootstrap resample
+    for t in tasks:
+        k = int(model[t].extra.get("folds", 0))
+        if model[t].extra.get("spread_over") == "folds" and k > 1:
+            train = int(model[t].extra.get("train_folds", k - 1))  # records written before train_folds: k - 1
+            terms.append((1 / n + k / train) * n)
+    return tasks, diffs, max(terms)  # the most correlated task's inflation, a conservative bound on their mean
 
 
 def check_floor(result: dict[str, Any], sigmas: float = FLOOR_SIGMAS) -> FloorCheck:

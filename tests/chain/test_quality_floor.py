@@ -48,6 +48,27 @@ def test_pooled_folds_inflate_the_standard_error_as_nadeau_and_bengio():
     assert folded.diff_se > plain.diff_se
 
 
+
+def test_a_probe_that_holds_out_a_validation_fold_trains_on_fewer_folds_and_widens_the_se():
+    """n_test/n_train is 1/(k-1) for the quick probe (every fold but the test fold trains) and 1/(k-2) for eva's probe and
+    ABMIL (a fold validates): the record says which, and over several tasks the widest inflation holds."""
+    m, t = [0.45, 0.48, 0.49, 0.41, 0.47], [0.40, 0.45, 0.42, 0.38, 0.44]
+    sd = np.std(np.subtract(m, t), ddof=1)
+
+    def rec(values, who, train_folds):
+        r = _rec("crc", values, who, folds=4)
+        return EvalRecord(r.task, r.dataset, r.split, r.metric, r.values, r.seeds, r.protocol, r.model_id, r.patch_size,
+                          r.embedding_mode, extra={**r.extra, "train_folds": train_folds})
+
+    quick = check_floor(_result([rec(m, "m", 3)], [rec(t, "twin", 3)]))
+    eva = check_floor(_result([rec(m, "m", 2)], [rec(t, "twin", 2)]))
+    assert quick.diff_se == pytest.approx(sd * math.sqrt(1 / 5 + 4 / 3))
+    assert eva.diff_se == pytest.approx(sd * math.sqrt(1 / 5 + 4 / 2))
+    seeded = _rec("mag", [0.30, 0.32, 0.31, 0.29, 0.33], spread="seeds")
+    mixed = check_floor(_result([rec(m, "m", 2), seeded], [rec(t, "twin", 2), _rec("mag", [0.3] * 5, "twin", spread="seeds")]))
+    per_run = (np.subtract(m, t) + np.subtract(seeded.values, 0.3)) / 2
+    assert mixed.diff_se == pytest.approx(np.std(per_run, ddof=1) * math.sqrt(1 / 5 + 4 / 2))  # not the seeded task's plain SE
+
 def test_without_a_twin_on_the_same_runs_the_floor_says_it_was_not_checked():
     model = [_rec("crc", [0.6, 0.62])]
     assert check_floor(_result(model, None)).passed is None

@@ -225,6 +225,7 @@ def test_cli_evaluate_is_reproducible_and_prints_the_table_with_baselines_and_ch
     assert first["model"] == second["model"] and first["baselines"] == second["baselines"]
     assert {"random_init", "mean_rgb"} <= set(first["baselines"]) and second["champion"] == first["model"]
     assert {r["extra"]["spread_over"] for r in first["model"]} == {"folds"}  # no split: each seed re-deals the folds
+    assert all(r["extra"]["train_folds"] == r["extra"]["folds"] - 1 for r in first["model"])  # L-BFGS: no validation fold
     header = next(line for line in output.splitlines() if line.startswith("task "))
     assert all(re.search(col, header, re.I) for col in ("model cls", "champion cls", r"random.init", r"mean.rgb"))
     row = next(line for line in output.splitlines() if line.startswith("img "))

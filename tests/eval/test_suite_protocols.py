@@ -123,6 +123,7 @@ def test_one_suite_file_runs_slide_segmentation_and_hest_tasks(fixed_tiny, tmp_p
     assert mil.extra["eva_task"] == "panda_small" and seg.extra["eva_task"] == "consep"  # derived bags: the documented default
     assert (seg.extra["n_train"], seg.extra["n_test"]) == (3, 1)  # eva's GridSampler: one 250-px patch per 260-px image
     assert [r.extra["spread_over"] for r in (mil, seg, hest)] == ["folds", "seeds", "patient folds"]
+    assert mil.extra["folds"] > 2 and mil.extra["train_folds"] == mil.extra["folds"] - 2  # ABMIL validates on a fold
     assert 0.0 <= min(mil.values) <= max(mil.values) <= 1.0  # random-init encoder: wiring only (learning: test_tasks)
     assert seg.protocol == "segmentation/quick" and seg.mean > 0.7  # the disk's colour survives in random-init tokens
     assert hest.protocol == "hest_ridge" and hest.seeds == (0, 1, 2) and min(hest.values) > 0.8  # expression follows mean colour, which even a random-init encoder keeps
