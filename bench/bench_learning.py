@@ -14,8 +14,10 @@ magnification set): the quick linear probe (`pooled_out_of_fold` around `fit_lin
 `cross_validated_probe`: fold f tests and, as the L-BFGS fit selects nothing on validation, every other fold trains) and a
 cosine kNN (`knn_accuracy`, k=5, trained on every other fold). Encoders: the teacher at step 0 (the
 run's own initialisation, rebuilt under the run's seed) and at each checkpoint ("trained"), the
-gate's random-init twin (`pluto.eval.baselines.random_init_twin` of the trained model), mean RGB
-(`mean_rgb_features`), and with `--init-from` the parent model a warm-started run starts from.
+random-init twin (`pluto.eval.baselines.random_init_twin` of the trained model under the run's seed), mean RGB
+(`mean_rgb_features`), and with `--init-from` the parent model a warm-started run starts from. The twin is one
+draw (the run's seed, as the run's own step 0); `--twin-draws N` also scores N-1 draws under the next init seeds (`random_init_draws`: their
+min-max is a band on the curve), since on 32 images the draw alone moves the CRC probe by several points.
 Tasks: the 32 bundled CRC patches (8 classes, 4 each), magnification (0.5 / 1 / 2 um/px reads of the
 CMU slide, `resolution_set`) and QC labels (tissue / background / pen tiles, `bundled_qc_label_set`).
 
@@ -63,6 +65,7 @@ TILE_PX = 224
 KNN_K = 5  # TrainConfig.knn_k: the trainer's kNN monitor
 MONITOR_WINDOW = 20  # steps averaged into the monitors reported at a checkpoint
 RESULTS = REPO / "bench" / "results"
+DRAW = "random_init_draw"  # the twin re-drawn under init seed 1..N-1: how much the draw alone moves a score
 
 
 @dataclass(frozen=True)
@@ -353,7 +356,9 @@ def evaluate_all(encoders: list[tuple[str, int | None, object]], tasks: list[Tas
             for metric, s in done[key].items():
                 raw[(who, steps, task.name, metric)] = s
                 v = np.asarray(s["pooled"])
-                rows.append({"encoder": who, "task": task.name, "metric": metric, "mean": round(float(v.mean()), 4),
+                seed = {"init_seed": int(who.removeprefix(DRAW))} if who.startswith(DRAW) else {}
+                rows.append({"encoder": who.rstrip("0123456789") if seed else who, **seed, "task": task.name, "metric": metric,
+                             "mean": round(float(v.mean()), 4),
                              "std": round(float(v.std(ddof=1)), 4) if v.size > 1 else None, "n": int(v.size), "steps": steps,
                              "folds": args.folds, "folds_sha": digest, "weights": key[:16],
                              "fold_values": [[round(float(a), 6) for a in f] for f in s["folds"]],
@@ -374,6 +379,20 @@ def gate_floor_se(a: dict, b: dict, task: str, n_folds: int) -> float:
                           "cls", extra={"spread_over": "folds", "folds": n_folds}).to_dict()
 
     return check_floor({"records": [record(a, "trained")], "baselines": {"random_init": [record(b, "random_init")]}}).diff_se
+
+
+def init_draws(rows: list[dict], seed: int) -> list[dict]:
+    """Per task and metric, the random-init score over init seeds (the twin is the run's seed, then each draw): the
+    spread a trained model's gain over one twin must be read against."""
+    out = []
+    for twin in (r for r in rows if r["encoder"] == "random_init"):
+        draws = [twin] + sorted((r for r in rows if r["encoder"] == DRAW and (r["task"], r["metric"]) == (twin["task"], twin["metric"])),
+                                key=lambda r: r["init_seed"])
+        if len(draws) > 1:
+            means = [d["mean"] for d in draws]
+            out.append({"task": twin["task"], "metric": twin["metric"], "init_seeds": [seed] + [d["init_seed"] for d in draws[1:]],
+                        "means": means, "mean": round(float(np.mean(means)), 4), "std": round(float(np.std(means, ddof=1)), 4)})
+    return out
 
 
 def comparisons(raw: dict, tasks: list[Task], trained_steps: list[int], n_folds: int) -> list[dict]:
@@ -422,9 +441,10 @@ def run(args) -> dict:
         train_info = pretrain(cfg)
         trained = {0: start, **checkpoint_teachers(cfg)}
     final = trained[max(trained)]
-    twin = random_init_twin(final)
+    twin = random_init_twin(final, args.seed)  # the issue's twin: same architecture and seed at step 0
     encoders = [("trained", s, m) for s, m in trained.items()]
     encoders += [("random_init", 0, twin), ("mean_rgb", None, None)]
+    encoders += [(f"{DRAW}{seed}", None, random_init_twin(final, seed)) for seed in range(args.seed + 1, args.seed + args.twin_draws)]
     if args.init_from:
         from pluto.models import load_model
 
@@ -441,13 +461,13 @@ def run(args) -> dict:
                    "ssl": cfg.ssl.to_dict(), "steps": cfg.steps,
                    "batch": cfg.global_batch, "seed": cfg.seed, "checkpoint_steps": sorted(trained),
                    "step0_is_twin": model_id(trained[0]) == model_id(twin), "init_from": cfg.init_from or None,
-                   "repeats": args.repeats, "folds": args.folds, "knn_k": KNN_K, "embedding": "cls",
+                   "repeats": args.repeats, "folds": args.folds, "knn_k": KNN_K, "twin_draws": args.twin_draws, "embedding": "cls",
                    "probe": "quick (pooled out-of-fold)", "tile_mpps": list(TILE_MPPS) if not args.diagnostic_crc_ssl else [0.5],
                    "tile_px": TILE_PX,
                    "pretraining_tiles": counts},
         "train": train_info, "eval_s": round(time.perf_counter() - t_eval, 1), "total_s": round(time.perf_counter() - t0, 1),
         "total_cpu_s": round(cpu_s() - cpu0, 1),
-        "rows": rows, "comparisons": comparisons(raw, tasks, sorted(trained), args.folds),
+        "rows": rows, "comparisons": comparisons(raw, tasks, sorted(trained), args.folds), "random_init_draws": init_draws(rows, args.seed),
     }
 
 
@@ -460,7 +480,10 @@ def table(result: dict) -> str:
     by = {(r["encoder"], r["steps"], r["task"], r["metric"]): r for r in result["rows"]}
     comp = {(c["task"], c["metric"]): c for c in result["comparisons"] if c["steps"] == final}
     has_parent = any(r["encoder"] == "parent" for r in result["rows"])
-    head = ["task", "metric", "mean RGB", "random init"] + (["parent"] if has_parent else []) + [f"step {s}" for s in steps]
+    draws = {(d["task"], d["metric"]): d for d in result.get("random_init_draws", [])}
+    n_draws = len(next(iter(draws.values()))["means"]) if draws else 0
+    head = ["task", "metric", "mean RGB", "random init"] + ([f"random init, {n_draws} draws (min-max)"] if draws else [])
+    head += (["parent"] if has_parent else []) + [f"step {s}" for s in steps]
     head += [f"step {final} - random init ± SE", "> 2 SE", "gate floor's SE"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     def fmt(r: dict | None) -> str:
@@ -469,6 +492,8 @@ def table(result: dict) -> str:
     for (task, metric), c in comp.items():
         cells = [task, metric.replace("_", " "), fmt(by.get(("mean_rgb", None, task, metric))),
                  fmt(by.get(("random_init", 0, task, metric)))]
+        d = draws.get((task, metric))
+        cells += [f"{fmt(d)} ({min(d['means']):.3f}-{max(d['means']):.3f})" if d else ""] if draws else []
         cells += [fmt(by.get(("parent", None, task, metric)))] if has_parent else []
         cells += [fmt(by.get(("trained", s, task, metric))) for s in steps]
         cells += [f"{c['diff_mean']:+.3f} ± {c['diff_se']:.3f}", "yes" if c["beats_2se"] else "no", f"{c['gate_floor_se']:.3f}"]
@@ -531,9 +556,10 @@ def readme_body(results: dict[str, dict]) -> str:
         "on every fold but the test fold; 8/16 before 2026-12-06, when it held out a validation fold it never used) and "
         "more repeats cannot shrink it. \"gate floor's SE\" is what "
         "`pluto.registry.floor.check_floor` gives for the same two encoders from the per-repeat pooled scores (its Nadeau-"
-        "Bengio term applied to the pooled scores' variance), for comparison. Random init is the gate's twin "
-        "(`pluto.eval.baselines.random_init_twin` of the trained model); step 0 is the run's own initialisation (same "
-        "architecture and seed).\n\n"
+        "Bengio term applied to the pooled scores' variance), for comparison. Random init is "
+        "`pluto.eval.baselines.random_init_twin` of the trained model under the run's seed, which re-draws the run's own "
+        "step 0 (same architecture and seed); the registry gate's twin is the draw under seed 0 whatever the run's seed. "
+        "The draws under other init seeds show how far the draw alone moves a score.\n\n"
         "GPU figures pending: no GPU was lent to this task (`python -m bench.bench_learning --arch pluto_4s --device cuda "
         "--batch 32 ...` on one).")
     return "\n\n".join(parts)
@@ -573,6 +599,9 @@ def learning_curve(result: dict, path: Path) -> Path:
                              (next((r for r in rows if r["encoder"] == "parent"), None), "-.")):
                 if r:
                     ax.axhline(r["mean"], linestyle=style, color="grey" if r["encoder"] != "parent" else "green", label=r["encoder"])
+            d = next((d for d in result.get("random_init_draws", []) if (d["task"], d["metric"]) == (task, metric)), None)
+            if d:
+                ax.axhspan(min(d["means"]), max(d["means"]), color="grey", alpha=0.15, label=f"random init, {len(d['means'])} draws")
             ax.set_title(f"{task}: {metric.replace('_', ' ')}", fontsize=9)
             ax.set_xlabel("optimizer steps")
             if j == 0:
@@ -596,6 +625,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch", type=int, default=None, help="tiles per step, one process (default: the arch's recipe)")
     ap.add_argument("--checkpoints", type=int, default=3, help="evaluated checkpoints after step 0")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--twin-draws", type=int, default=5, help="random-init draws scored (init seeds s..s+N-1 for --seed s; s is the twin)")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--folds", type=int, default=4)
     ap.add_argument("--tasks", nargs="+", default=["crc_tissue", "magnification", "qc_labels"])

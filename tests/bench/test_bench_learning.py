@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-ENCODERS = {"trained", "random_init", "mean_rgb", "parent"}
+ENCODERS = {"trained", "random_init", "random_init_draw", "mean_rgb", "parent"}
 METRICS = {"linear_probe_balanced_accuracy", "knn_accuracy"}
 
 
@@ -17,7 +17,7 @@ def test_tiny_run_writes_paired_comparisons_curve_and_readme_section(tmp_path):
 
     out = tmp_path / "learning.json"
     result = main(["--steps", "2", "--checkpoints", "2", "--batch", "4", "--repeats", "3", "--folds", "3", "--workers", "0",
-                   "--tasks", "crc_tissue", "magnification", "qc_labels", "--out", str(out), "--no-readme",
+                   "--tasks", "crc_tissue", "magnification", "qc_labels", "--out", str(out), "--no-readme", "--twin-draws", "3",
                    "--set", "ssl.teacher_temp=0.05", "--set", "ssl.centering=softmax"])
     assert out.is_file() and out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["mode"] == "result" and result["config"]["checkpoint_steps"] == [0, 1, 2]
@@ -29,7 +29,7 @@ def test_tiny_run_writes_paired_comparisons_curve_and_readme_section(tmp_path):
     assert result["config"]["set"] == ["ssl.teacher_temp=0.05", "ssl.centering=softmax"]
 
     rows = result["rows"]
-    assert {r["encoder"] for r in rows} == {"trained", "random_init", "mean_rgb"}
+    assert {r["encoder"] for r in rows} == {"trained", "random_init", "random_init_draw", "mean_rgb"}
     for r in rows:
         assert {"encoder", "task", "metric", "mean", "std", "n", "steps"} <= set(r) and r["encoder"] in ENCODERS
         assert r["metric"] in METRICS and r["n"] == 3 and 0.0 <= r["mean"] <= 1.0
@@ -37,8 +37,15 @@ def test_tiny_run_writes_paired_comparisons_curve_and_readme_section(tmp_path):
     for task in ("crc_tissue", "magnification", "qc_labels"):
         task_rows = [r for r in rows if r["task"] == task]
         assert len({r["folds_sha"] for r in task_rows}) == 1  # every encoder scored on the same folds
-        assert {(r["encoder"], r["steps"]) for r in task_rows} == {("trained", 0), ("trained", 1), ("trained", 2),
-                                                                   ("random_init", 0), ("mean_rgb", None)}
+        assert {(r["encoder"], r["steps"], r.get("init_seed")) for r in task_rows} == {
+            ("trained", 0, None), ("trained", 1, None), ("trained", 2, None), ("random_init", 0, None), ("mean_rgb", None, None),
+            ("random_init_draw", None, 1), ("random_init_draw", None, 2)}
+    draws = {(d["task"], d["metric"]): d for d in result["random_init_draws"]}
+    assert len(draws) == 3 * 2 and all(d["init_seeds"] == [0, 1, 2] for d in draws.values())
+    for (task, metric), d in draws.items():  # the twin is draw 0; the draws are other weights, scored on the same folds
+        same = [r for r in rows if (r["task"], r["metric"]) == (task, metric) and r["encoder"].startswith("random_init")]
+        assert d["means"] == [r["mean"] for r in sorted(same, key=lambda r: r.get("init_seed", 0))]
+        assert len({r["weights"] for r in same}) == 3 and math.isclose(d["mean"], np.mean(d["means"]), abs_tol=1e-4)
 
     by = {(r["encoder"], r["steps"], r["task"], r["metric"]): r for r in rows}
     comps = result["comparisons"]
@@ -58,6 +65,7 @@ def test_tiny_run_writes_paired_comparisons_curve_and_readme_section(tmp_path):
     write_section("bench_learning", "t", readme_body({"result": result}), readme)
     text = readme.read_text()
     assert "<!-- bench_learning:start -->" in text and "| crc_tissue | linear probe balanced accuracy |" in text
+    assert "random init, 3 draws (min-max)" in text
     assert "GPU figures pending" in text and "Diagnostic" not in text
 
 
