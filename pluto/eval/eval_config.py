@@ -18,3 +18,5 @@ class EvalConfig:
     n_seeds: int | None = None  # None = the preset's (5 for patch tasks, as EVA)
     seed: int = 0  # first seed; runs use seed, seed+1, ...
     baselines: bool = True  # mean-RGB and random-init twin in the report
+    twin_draws: int = 3  # random-init draws (init seeds 0..N-1) averaged per run into the twin: one draw's luck moves a
+    # 32-image probe by up to ~0.09 (bench_learning's draws), which the quality floor would otherwise take as learning

@@ -12,7 +12,7 @@ size and embedding mode, and all land in one results table.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -160,6 +160,20 @@ def _records(task: TaskConfig, data: _TaskData, x: np.ndarray, cfg: EvalConfig, 
                       **({"incomplete": data.incomplete} if data.incomplete else {})})
 
 
+def _twin_record(model: nn.Module, task: TaskConfig, data: _TaskData, cfg: EvalConfig, ps: int | None, emb) -> EvalRecord:
+    """The random-init twin's record: per run, the mean over `cfg.twin_draws` draws (init seeds 0..N-1), each scored on
+    the same folds/seeds; the draws' own values stay in `extra`."""
+    draws, twin_ids = [], []
+    for seed in range(max(1, cfg.twin_draws)):  # one twin in memory at a time
+        twin = random_init_twin(model, seed)
+        twin_ids.append(model_id(twin))
+        draws.append(_records(task, data, emb(twin, "cls"), cfg, twin_ids[-1], ps, "cls"))
+    first = draws[0]
+    return replace(first, values=tuple(np.mean([d.values for d in draws], axis=0)), model_id=twin_ids[0],
+                   extra={**first.extra, "init_seeds": list(range(len(draws))), "draw_model_ids": twin_ids,
+                          "draw_values": [list(d.values) for d in draws]})
+
+
 def evaluate_task(model: nn.Module, task: TaskConfig, cfg: EvalConfig, baselines: bool = False,
                   on_progress: Callable[[int, int], None] | None = None) -> tuple[list[EvalRecord], dict[str, list[EvalRecord]]]:
     """Records of `model` for every embedding mode, plus (optionally, linear-probe tasks) the two baselines' records."""
@@ -174,8 +188,7 @@ def evaluate_task(model: nn.Module, task: TaskConfig, cfg: EvalConfig, baselines
     base: dict[str, list[EvalRecord]] = {}
     if baselines:
         base["mean_rgb"] = [_records(task, data, mean_rgb_features(data.dataset), cfg, "mean_rgb", None, "mean_rgb")]
-        twin = random_init_twin(model)
-        base["random_init"] = [_records(task, data, emb(twin, "cls"), cfg, model_id(twin), ps, "cls")]
+        base["random_init"] = [_twin_record(model, task, data, cfg, ps, emb)]
     log.info("eval %s: %s", task.name, ", ".join(f"{r.embedding_mode} {r.mean:.3f}±{r.std:.3f}" for r in records))
     return records, base
 

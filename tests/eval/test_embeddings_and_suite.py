@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -204,6 +205,15 @@ def test_run_suite_from_a_checkpoint_dir_and_report(fixed_tiny, tmp_path, make_i
     assert scores.baselines["mean_rgb"]["colour"] == pytest.approx(saved["baselines"]["mean_rgb"][0]["mean"])
     row = decide(scores, scores, 0.01).table[0]
     assert row["random init"] == f"{out.baselines['random_init'][0].mean:.3f}" and row["mean rgb"] != "–"
+    # the twin is the per-run mean over eval.twin_draws random-init draws (init seeds 0, 1, 2), each its own weights
+    twin = out.baselines["random_init"][0]
+    from pluto.eval.baselines import random_init_twin
+
+    assert twin.extra["init_seeds"] == [0, 1, 2] and len(set(twin.extra["draw_model_ids"])) == 3
+    assert twin.model_id == model_id(random_init_twin(fixed_tiny, 0)) == twin.extra["draw_model_ids"][0]
+    assert twin.values == pytest.approx(np.mean(twin.extra["draw_values"], axis=0))
+    one = evaluate(fixed_tiny, [task], replace(cfg, twin_draws=1), tmp_path / "one").baselines["random_init"][0]
+    assert one.values == pytest.approx(twin.extra["draw_values"][0]) and one.extra["init_seeds"] == [0]
 
 
 def test_cli_evaluate_is_reproducible_and_prints_the_table_with_baselines_and_champion(tmp_path, make_images, monkeypatch):
